@@ -49,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     dataset.config_name = "full"  # "full" (manual download) or "synthetic" (generated)
     dataset.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None = default
     dataset.manual_dir = ml_collections.config_dict.placeholder(str)  # where the release lies
+    # Fields of the builder config to change, e.g. {"num_train": 10000} for a bigger synthetic set;
+    # the changed config is built under its own name (see tfds_marco/marco/README.md).
+    dataset.config_overrides = {}
     dataset.train_split = "train"
     dataset.eval_split = "test"
 
@@ -86,6 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     opt.weight_decay = 0.0  # off, as in the paper
     opt.label_smoothing = 0.0  # not stated in the paper
     opt.ema_decay = 0.9999  # "a running average of the training model", section 3
+    opt.ema_warmup = True  # TF's num_updates rule: decay = min(decay, (1 + t) / (10 + t))
 
     # ---------------------------------------------------------------- schedule
     # Durations: set num_train_steps > 0, or num_epochs (used when num_train_steps is -1).

@@ -358,11 +358,15 @@ class InceptionV3(nnx.Module):
                     features, size, num_classes, lambda f, s: make_conv(f, s, "AuxLogits"), rngs
                 )
         self.has_aux = aux_logits
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs) if dropout_rate > 0 else None
+        self.dropout = nnx.Dropout(dropout_rate) if dropout_rate > 0 else None
         self.Logits = nnx.Conv(features, num_classes, (1, 1), param_dtype=jnp.float32, rngs=rngs)
         self.num_features = features
 
-    def __call__(self, images: jax.Array, train: bool = False):
+    def __call__(
+        self, images: jax.Array, train: bool = False, dropout_key: jax.Array | None = None
+    ):
+        """`dropout_key` is needed only in training with dropout; the model keeps no RNG state,
+        so its whole state is parameters and BatchNorm statistics."""
         x = images
         for layer in self.stem:
             x = getattr(self, layer.name)(x, train) if isinstance(layer, Conv) else _pool(x, layer)
@@ -374,7 +378,7 @@ class InceptionV3(nnx.Module):
         # Logits/AvgPool_1a_8x8: a global average, which equals slim's 8x8 pool at 299 px.
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
         if self.dropout is not None:
-            x = self.dropout(x, deterministic=not train)
+            x = self.dropout(x, deterministic=not train, rngs=nnx.Rngs(dropout=dropout_key))
         logits = self.Logits(x)[:, 0, 0, :]
         return (logits, aux) if aux is not None else logits
 

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import ml_collections
 import pytest
+
+from marco_jax import config_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-    """Loads configs/<name>.py and calls its get_config(), as `--config configs/<name>.py` does."""
-    spec = importlib.util.spec_from_file_location(
-        f"configs.{name}", REPO / "configs" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """configs/<name>.py's get_config(), as `--config configs/<name>.py` gives it."""
+    return config_utils.load_config(REPO / "configs" / f"{name}.py")
 
 
 @pytest.fixture
