@@ -26,3 +26,26 @@ def tiny_config() -> ml_collections.ConfigDict:
     config.model.min_depth = 8
     config.model.image_size = 151
     return config
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory) -> pathlib.Path:
+    """One TFDS data_dir per test session, so generated datasets are built once."""
+    return tmp_path_factory.mktemp("tensorflow_datasets")
+
+
+def ci_config(data_dir: pathlib.Path) -> ml_collections.ConfigDict:
+    """configs/ci.py reading and writing its dataset under `data_dir`."""
+    config = load_config("ci")
+    config.dataset.data_dir = str(data_dir)
+    return config
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, tfds_data_dir) -> pathlib.Path:
+    """A workdir holding a finished configs/ci.py run (checkpoints, config.json, eval JSON)."""
+    from marco_jax import train
+
+    workdir = tmp_path_factory.mktemp("trained")
+    train.train_and_evaluate(ci_config(tfds_data_dir), str(workdir))
+    return workdir
