@@ -137,8 +137,8 @@ def load_for_inference(
     ).state
     model = nnx.eval_shape(lambda: models.create_model(config))
     params = restored["ema_params" if use_ema else "params"]
-    model_state = restored["ema_model_state" if use_ema else "model_state"]
-    graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-    model = nnx.merge(graphdef, jax.tree.map(jax.numpy.asarray, params), model_state)
+    batch_stats = restored["ema_batch_stats" if use_ema else "batch_stats"]
+    graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+    model = nnx.merge(graphdef, *jax.tree.map(jax.numpy.asarray, (params, batch_stats)))
     manager.close()
     return config, model, step

@@ -1,0 +1,202 @@
+"""The training job: outputs, exact resumption, data parallelism, and its guards (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import REPO, ci_config
+
+from marco_jax import checkpoints, train
+
+
+def _final_state(workdir: pathlib.Path) -> tuple[int, dict]:
+    manager = checkpoints.create_manager(str(workdir), read_only=True)
+    step = manager.latest_step()
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    manager.close()
+    return step, state
+
+
+def _env(tmp_path_factory, devices: int = 1) -> dict[str, str]:
+    """Subprocess environment: CPU only, N simulated devices, a shared compilation cache."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return env
+
+
+def _main_command(workdir, data_dir, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "marco_jax.main",
+        f"--config={REPO / 'configs/ci.py'}",
+        f"--workdir={workdir}",
+        f"--config.dataset.data_dir={data_dir}",
+        *overrides,
+    ]
+
+
+def _assert_trees_equal(a, b, exact: bool) -> None:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 100
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if exact:
+            np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+
+
+def test_run_writes_checkpoints_events_and_eval_json(trained_workdir):
+    assert (trained_workdir / "config.json").exists()
+    assert list(trained_workdir.glob("events.out.tfevents.*"))
+    step, state = _final_state(trained_workdir)
+    assert step == 6 and int(state["step"]) == 6
+    result = json.loads((trained_workdir / "eval" / "latest.json").read_text())
+    assert result["step"] == 6 and result["weights"] == "ema"
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["num_examples"] == 8
+    assert np.sum(result["confusion_matrix"]) == 8
+    # EMA weights are a distinct average of the trained ones.
+    ema, raw = jax.tree.leaves(state["ema_params"]), jax.tree.leaves(state["params"])
+    assert any(not np.array_equal(e, r) for e, r in zip(ema, raw, strict=True))
+
+
+def test_rerun_of_a_finished_workdir_does_not_train_again(trained_workdir, tfds_data_dir, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(trained_workdir, workdir)
+    result = train.train_and_evaluate(ci_config(tfds_data_dir), str(workdir))
+    assert result["step"] == 6
+    assert checkpoints.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
+
+
+def test_killed_run_resumes_bit_identical(
+    trained_workdir, tfds_data_dir, tmp_path, tmp_path_factory
+):
+    env = _env(tmp_path_factory)
+    overrides = ("--config.num_train_steps=10", "--config.checkpoint_every_steps=2")
+    reference = tmp_path / "reference"
+    subprocess.run(_main_command(reference, tfds_data_dir, *overrides), env=env, check=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_main_command(killed, tfds_data_dir, *overrides), env=env)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "4").exists() and process.poll() is None:
+        assert time.time() < deadline, "no checkpoint at step 4 within 5 minutes"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at, _ = _final_state(killed)
+    assert 4 <= killed_at < 10, "the run was not killed mid-way"
+
+    subprocess.run(_main_command(killed, tfds_data_dir, *overrides), env=env, check=True)
+    (step_a, state_a), (step_b, state_b) = _final_state(reference), _final_state(killed)
+    assert step_a == step_b == 10
+    _assert_trees_equal(state_a, state_b, exact=True)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(
+    trained_workdir, tfds_data_dir, tmp_path, tmp_path_factory
+):
+    workdir = tmp_path / "preempted"
+    overrides = ("--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000")
+    process = subprocess.Popen(
+        _main_command(workdir, tfds_data_dir, *overrides), env=_env(tmp_path_factory)
+    )
+    deadline = time.time() + 300
+    while not list(workdir.glob("events.out.tfevents.*")) or not (workdir / "eval").exists():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 0
+    step, state = _final_state(workdir)
+    assert 3 <= step < 100000 and int(state["step"]) == step
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_eight_devices_and_two_processes_match_one_device(
+    trained_workdir, tfds_data_dir, tmp_path, tmp_path_factory
+):
+    """Same global batch, same result: data parallelism must not change the training."""
+    overrides = ("--config.num_train_steps=4", "--config.checkpoint_every_steps=4")
+    single, eight, multi = tmp_path / "single", tmp_path / "eight", tmp_path / "multi"
+    subprocess.run(
+        _main_command(single, tfds_data_dir, *overrides), env=_env(tmp_path_factory), check=True
+    )
+    subprocess.run(
+        _main_command(eight, tfds_data_dir, *overrides), env=_env(tmp_path_factory, 8), check=True
+    )
+    env = _env(tmp_path_factory) | {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    address = f"127.0.0.1:{_free_port()}"
+    processes = [
+        subprocess.Popen(
+            _main_command(multi, tfds_data_dir, *overrides)
+            + [f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+            env=env,
+        )
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=600) for p in processes] == [0, 0]
+    (s1, state1), (s8, state8), (s2, state2) = map(_final_state, (single, eight, multi))
+    assert s1 == s8 == s2 == 4
+    _assert_trees_equal(state1["params"], state8["params"], exact=False)
+    _assert_trees_equal(state1["params"], state2["params"], exact=False)
+    _assert_trees_equal(state1["batch_stats"], state2["batch_stats"], exact=False)
+
+
+def test_batch_not_divisible_by_devices_fails_at_start(tfds_data_dir, tmp_path, tmp_path_factory):
+    result = subprocess.run(
+        _main_command(tmp_path, tfds_data_dir, "--config.input.global_batch_size=12"),
+        env=_env(tmp_path_factory, 8),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "global_batch_size=12 is not divisible by the 8 devices" in result.stderr
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(
+    trained_workdir, tfds_data_dir, tmp_path
+):
+    workdir = tmp_path / "diverging"
+    shutil.copytree(trained_workdir, workdir)
+    config = ci_config(tfds_data_dir)
+    config.num_train_steps = 12
+    config.optimizer.learning_rate = 1e30
+    with pytest.raises(train.NonFiniteLossError, match=r"at step (7|8|9)\b.*step 6"):
+        train.train_and_evaluate(config, str(workdir))
+    _, model, step = checkpoints.load_for_inference(str(workdir), "latest")
+    assert step == 6
+    import jax.numpy as jnp
+
+    logits = model(jnp.zeros((1, 151, 151, 3)), train=False)
+    assert np.all(np.isfinite(logits))
+
+
+def test_bad_config_values_fail_with_what_to_change(tfds_data_dir, tmp_path):
+    config = ci_config(tfds_data_dir)
+    config.model.name = "resnet50"
+    with pytest.raises(ValueError, match="config.model.name='resnet50' is unknown"):
+        train.train_and_evaluate(config, str(tmp_path / "a"))
+    config = ci_config(tmp_path / "empty_data_dir")
+    config.dataset.config_name = "full"
+    with pytest.raises(Exception, match="manual_dir"):
+        train.train_and_evaluate(config, str(tmp_path / "b"))
