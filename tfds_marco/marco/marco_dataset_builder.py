@@ -1,0 +1,332 @@
+"""marco dataset: crystallization-drop images in the 4 MARCO classes (Bruno et al. 2018).
+
+Configs: `full` reads the MARCO release (or a lab's own images) from the manual directory;
+`synthetic` (the default) renders drops procedurally, so everything runs with no download.
+See README.md next to this file for layouts, label mapping and examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+from PIL import Image
+
+from marco_jax import synthetic
+from marco_jax.labels import CLASS_NAMES
+from tfds_marco.marco import manual_sources as ms
+
+LABEL_MAP_PATH = epath.Path(__file__).parent / "label_map.tsv"
+SKIPPED_FILES_NAME = "skipped_files.tsv"
+# Table 2 of the paper, training images per class (crystals, precipitate, clear, other): pass
+# as `class_weights` to render synthetic data with the release's class imbalance.
+PAPER_TRAIN_COUNTS = (56_672, 212_541, 148_861, 24_856)
+
+
+@dataclasses.dataclass(eq=False)
+class MarcoConfig(tfds.core.BuilderConfig):
+    """What to build. Make your own: `MarcoConfig(name="synthetic_big", kind="synthetic", ...)`.
+
+    Attributes:
+      kind: "manual" (read `manual_dir`) or "synthetic" (render with marco_jax.synthetic).
+      layout: manual only: "auto", "tfrecord", "csv" or "folders" (README.md, "Layouts").
+      test_fraction: manual only: share of images hashed into `test` when the layout names no
+        split. The paper held out 50,284 of 493,214 images (10.2 %, section 2 and Table 2).
+      label_map: manual only: TSV of `original score<TAB>class`; None: label_map.tsv here.
+      corrected_labels: manual only: CSV of `filename,label` that overrides labels; None: use
+        `<manual_dir>/corrected_labels.csv` when it exists.
+      tfrecord_int_labels: manual only: names of the integer `image/class/label` values, used
+        only for records without `image/class/text` (None: such records stop the build).
+      num_train, num_test, image_size, seed: synthetic only: split sizes, square side, seed.
+      class_weights: synthetic only: relative class frequencies in CLASS_NAMES order.
+      jpeg_quality: synthetic only: quality of the stored JPEGs.
+    """
+
+    kind: str = "manual"
+    layout: str = "auto"
+    test_fraction: float = 0.1
+    label_map: str | None = None
+    corrected_labels: str | None = None
+    tfrecord_int_labels: tuple[str, ...] | None = None
+    num_train: int = 2000
+    num_test: int = 400
+    image_size: int = 256
+    seed: int = 0
+    class_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    jpeg_quality: int = 95
+
+
+FULL = MarcoConfig(
+    name="full",
+    kind="manual",
+    description="The MARCO release (or your own images) read from the manual directory.",
+)
+# Balanced by default: chance is then 25 %, every class has ~100 test images to measure per-class
+# recall on, and a short training run sees all four outcomes (the release's "other" is 6 %).
+SYNTHETIC = MarcoConfig(
+    name="synthetic",
+    kind="synthetic",
+    description="2000 train / 400 test procedurally rendered drops, 256 px, balanced classes.",
+)
+SYNTHETIC_TINY = MarcoConfig(
+    name="synthetic_tiny",
+    kind="synthetic",
+    num_train=16,
+    num_test=8,
+    image_size=64,
+    description="16 train / 8 test rendered drops at 64 px, for tests and smoke runs.",
+)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """DatasetBuilder for the marco dataset."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release: configs full (manual), synthetic, synthetic_tiny."}
+    BUILDER_CONFIGS = [FULL, SYNTHETIC, SYNTHETIC_TINY]
+    DEFAULT_BUILDER_CONFIG_NAME = "synthetic"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Config `full` only. Put ONE of these layouts in the manual directory (`--manual_dir`, default
+    `<data_dir>/downloads/manual/`):
+      1. The MARCO release (https://marco.ccr.buffalo.edu/download): its TFRecord shards as they
+         are, e.g. `train-00000-of-00xxx` ... and `test-00000-of-00xxx` (names starting with
+         train/test choose the split; other shard names are split by hash).
+      2. Images plus CSV files at the top level: rows `path,label[,source]` (header optional,
+         paths relative to the CSV). `train*.csv` / `test*.csv` choose the split.
+      3. One folder per label: `<label>/<images>`, optionally under `train/` and `test/`.
+    Labels are the sources' own scores; label_map.tsv maps them to the 4 classes (an unknown one
+    stops the build and names the file). Optional: `corrected_labels.csv` (filename,label) with
+    relabeled images. Unreadable files are skipped and listed in skipped_files.tsv next to the
+    built dataset.
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                    "source": tfds.features.Text(),
+                    "original_label": tfds.features.Text(),
+                    "filename": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://marco.ccr.buffalo.edu",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        if config.kind == "synthetic":
+            sizes = {ms.TRAIN: config.num_train, ms.TEST: config.num_test}
+            return {
+                s: self._generate_examples(self._synthetic_examples(i, n))
+                for i, (s, n) in enumerate(sizes.items())
+                if n
+            }
+        if config.kind != "manual":
+            raise ValueError(f"MarcoConfig.kind must be 'manual' or 'synthetic', got {config.kind}")
+        self._reader = _ManualReader(config, epath.Path(dl_manager.manual_dir))
+        return {s: self._generate_examples(ex, report=True) for s, ex in self._reader.splits()}
+
+    def _generate_examples(self, examples, report: bool = False):
+        """One split's (key, example) pairs; then the skip list is (re)written next to the data,
+        so that it is complete once the last split ends."""
+        yield from examples
+        if report:
+            self._reader.write_report(self.data_path / SKIPPED_FILES_NAME)
+
+    def _synthetic_examples(self, split_index: int, num_images: int):
+        config = self.builder_config
+        images = synthetic.generate(
+            num_images, config.image_size, (config.seed, split_index), config.class_weights
+        )
+        for i, (label, failure, image) in enumerate(images):
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, "JPEG", quality=config.jpeg_quality)
+            name = f"{ms.TRAIN if split_index == 0 else ms.TEST}/{i:06d}.jpg"
+            yield (
+                name,
+                {
+                    "image": buf.getvalue(),
+                    "label": label,
+                    "source": "synthetic",
+                    "original_label": CLASS_NAMES[label] + (f": {failure}" if failure else ""),
+                    "filename": name,
+                },
+            )
+
+    def _post_download_and_prepare_hook(self) -> None:
+        """The totals, once the dataset sits in its final directory."""
+        if getattr(self, "_reader", None) is not None:
+            self._reader.log_totals(self.data_path / SKIPPED_FILES_NAME)
+
+
+class _ManualReader:
+    """Turns the manual directory into examples, keeping the list of what it had to skip."""
+
+    def __init__(self, config: MarcoConfig, manual_dir: epath.Path):
+        self.config, self.manual_dir = config, manual_dir
+        self.map_path = epath.Path(config.label_map) if config.label_map else LABEL_MAP_PATH
+        self.table = ms.load_label_map(self.map_path)
+        corrections = epath.Path(
+            config.corrected_labels or manual_dir / ms.CORRECTED_LABELS_FILENAME
+        )
+        if config.corrected_labels and not corrections.exists():
+            raise FileNotFoundError(f"MarcoConfig.corrected_labels: no file {corrections}")
+        self.corrected = (
+            ms.load_corrected_labels(corrections, self.table, self.map_path)
+            if corrections.exists()
+            else {}
+        )
+        self.corrections_used: set[str] = set()
+        self.skipped: dict[str, ms.Skipped] = {}
+
+    def splits(self):
+        """(split, examples) for every split that gets at least one image."""
+        layout = self.config.layout
+        if layout == "auto":
+            layout = ms.detect_layout(self.manual_dir)
+        logging.info("marco/%s: reading %s, %s layout", self.config.name, self.manual_dir, layout)
+        if layout == "tfrecord":
+            shards, skipped = ms.list_tfrecord_shards(self.manual_dir)
+            self.note_skipped(skipped)
+            unsplit = shards.get(None, [])
+            for split in (ms.TRAIN, ms.TEST):
+                if shards.get(split) or unsplit:
+                    yield split, self._tfrecord_examples(split, shards.get(split, []), unsplit)
+            return
+        if layout not in ("csv", "folders"):
+            raise ValueError(f"MarcoConfig.layout must be auto/tfrecord/csv/folders, got {layout}")
+        lister = ms.list_csv_items if layout == "csv" else ms.list_folder_items
+        items, skipped = lister(self.manual_dir)
+        self.note_skipped(skipped)
+        by_split: dict[str, list] = {ms.TRAIN: [], ms.TEST: []}
+        for item in items:  # Map every label before decoding anything: fail fast.
+            label = ms.map_label(item.original_label, self.table, item.filename, self.map_path)
+            split = item.split or ms.hash_split(item.filename, self.config.test_fraction)
+            by_split[split].append((item, label))
+        for split, entries in by_split.items():
+            if entries:
+                yield split, self._file_examples(entries)
+            else:
+                logging.warning(
+                    "marco/%s: no image falls in split %r (%d images, test_fraction=%s): the "
+                    "split is not created.",
+                    self.config.name,
+                    split,
+                    len(items),
+                    self.config.test_fraction,
+                )
+
+    def _file_examples(self, entries):
+        for item, label in entries:
+            data, reason = ms.prepare_image(item.path.read_bytes())
+            if data is None:
+                self.note_skipped([ms.Skipped(item.filename, reason)])
+                continue
+            yield (
+                item.filename,
+                self._example(data, label, item.original_label, item.source, item.filename),
+            )
+
+    def _tfrecord_examples(self, split, shards, unsplit):
+        for shard in shards + unsplit:
+            shard_name = shard.relative_to(self.manual_dir).as_posix()
+            for index, record, error in ms.read_tfrecord_shard(shard):
+                key = f"{shard_name}#{index}"
+                if record is None:
+                    self.note_skipped([ms.Skipped(shard_name, error)])
+                    continue
+                filename = record["filename"] or key
+                test_fraction = self.config.test_fraction
+                if shard in unsplit and ms.hash_split(filename, test_fraction) != split:
+                    continue
+                where = f"{key} ({filename})"
+                data, reason = ms.prepare_image(record["encoded"])
+                if data is None:
+                    self.note_skipped([ms.Skipped(where, reason)])
+                    continue
+                original = record["label_text"] or self._int_label(record["label_int"], where)
+                label = ms.map_label(original, self.table, where, self.map_path)
+                yield key, self._example(data, label, original, record["source"], filename)
+
+    def _int_label(self, value: int | None, where: str) -> str:
+        """The release's shards carry image/class/text; this serves shards that do not."""
+        names = self.config.tfrecord_int_labels
+        if names is None or value is None or not 0 <= value < len(names):
+            raise ms.UnknownLabelError(
+                f"{where}: the record has no image/class/text and image/class/label={value} "
+                f"cannot be named; set MarcoConfig(tfrecord_int_labels=(...)) to the label names "
+                f"in index order (got {names})."
+            )
+        return names[value]
+
+    def _example(self, image: bytes, label: str, original: str, source: str, filename: str):
+        """A corrected label, matched on the full filename or else its base name, wins."""
+        for key in (filename, filename.rsplit("/", 1)[-1]):
+            if key in self.corrected:
+                self.corrections_used.add(key)
+                label = self.corrected[key]
+                break
+        return {
+            "image": image,
+            "label": label,
+            "source": source,
+            "original_label": original,
+            "filename": filename,
+        }
+
+    def note_skipped(self, skipped: list[ms.Skipped]) -> None:
+        for s in skipped:
+            if s.path not in self.skipped:
+                logging.warning("marco/%s: skipped %s: %s", self.config.name, s.path, s.reason)
+                self.skipped[s.path] = s
+
+    def write_report(self, path: epath.Path) -> None:
+        rows = ["path\treason"] + [f"{s.path}\t{s.reason}" for s in self.skipped.values()]
+        path.write_text("\n".join(rows) + "\n")
+
+    def log_totals(self, report: epath.Path) -> None:
+        name = self.config.name
+        logging.warning("marco/%s: %d files skipped, listed in %s", name, len(self.skipped), report)
+        unused = sorted(set(self.corrected) - self.corrections_used)
+        if unused:
+            logging.warning(
+                "marco/%s: %d corrected labels matched no image, e.g. %s",
+                name,
+                len(unused),
+                unused[:5],
+            )
+
+
+def build(
+    config: str | MarcoConfig = "synthetic",
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    **overrides,
+) -> Builder:
+    """Builds the dataset once (array_record) and returns its builder; later calls reuse it.
+
+    `overrides` change fields of a named config (e.g. `build("synthetic", num_train=200)`);
+    the result gets its own config name, derived from them, so it never clobbers the original.
+    Read it with `builder.as_data_source(split="train")`.
+    """
+    if isinstance(config, str):
+        base = {c.name: c for c in Builder.BUILDER_CONFIGS}[config]
+        if overrides:
+            digest = hashlib.sha1(repr(sorted(overrides.items())).encode()).hexdigest()[:8]
+            config = dataclasses.replace(base, name=f"{base.name}_{digest}", **overrides)
+        else:
+            config = base
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    builder = Builder(config=config, data_dir=data_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    # array_record: random access, which grain needs (tfds.data_source / as_data_source).
+    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    return builder
