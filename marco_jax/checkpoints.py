@@ -114,7 +114,8 @@ def resolve_step(manager: ocp.CheckpointManager, checkpoint: str | int) -> int:
     if checkpoint == "latest":
         return manager.latest_step()
     if checkpoint == "best":
-        return manager.best_step()
+        # No checkpoint carries eval metrics when a run stopped before its first evaluation.
+        return manager.best_step() or manager.latest_step()
     step = int(checkpoint)
     if step not in steps:
         raise ValueError(f"No checkpoint for step {step} in {manager.directory}; saved: {steps}.")

@@ -1,0 +1,277 @@
+"""Scores drop photographs with a trained MARCO model and writes one CSV row per image.
+
+  python -m marco_jax.classify --checkpoint WORKDIR [--step best|latest|N] [--raw_weights]
+      PATH... --output scores.csv [--batch_size 16] [--tta] [--crystal_threshold X]
+      [--saliency DIR] [--workers N]
+  python -m marco_jax.classify --model EXPORTED PATH... --output scores.csv [...]
+
+PATH: image files, folders (scanned recursively) or text files listing paths (.txt/.lst/.list),
+as `image_io.collect_inputs` describes. JPEG, PNG, TIFF, BMP; 8 or 16 bit; gray, RGB, RGBA,
+palette, CMYK; the EXIF orientation is applied (`image_io.load_image`). Each image gets the
+evaluation transform (center crop of `central_fraction` of the shorter side, resized to the
+model's size: paper sections 2-3), so a file scores as the same picture would in evaluation.
+
+Models: --checkpoint runs the JAX network of a training workdir (EMA weights unless
+--raw_weights), jitted once for batches of exactly --batch_size images; --model runs an export of
+`marco_jax.export` (SavedModel directory, .tflite or .onnx), the fast path on CPUs, which carries
+its own image size and crop fraction.
+
+Output (`classify_io`): path, prediction, p_<class> for each class, crystal_flag (with
+--crystal_threshold: 1 when p_crystals >= X), error (why an unreadable file got no scores; the
+run goes on). --tta averages the probabilities over the 8 flips/rotations of the square, which a
+drop photograph has no preferred one of (paper section 3). --saliency DIR also writes a SmoothGrad
+heat map over a grayscale copy of each scored image's model input (`marco_jax.saliency`, paper
+Fig 4) for its predicted class, as DIR/<path relative to the inputs' common folder>.png
+(e.g. DIR/plate7/A1.jpg.png). It needs the JAX network (--checkpoint) and is slow: each of the
+--saliency_samples samples is a forward and a backward pass, about 6 forward passes' time on a
+CPU (MARCO at 599 px, 2 cores: 0.16 s per image to score, 0.9 s per sample), so keep it for the
+images you want to look at.
+
+Exit codes: 0 every file scored; 3 some files could not be read (see the error column);
+2 wrong arguments; 1 a crash. The last line printed is "scored N, failed M".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import tqdm
+from absl import flags, logging
+from flax import nnx
+
+from marco_jax import augment, classify_io, cli, evaluate, image_io, preprocess, saliency
+from marco_jax.labels import CLASS_NAMES
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """What scoring needs from a model: the batch function and its input geometry."""
+
+    predict: classify_io.PredictFn
+    image_size: int
+    central_fraction: float
+
+
+def jax_predict_fn(model: nnx.Module) -> classify_io.PredictFn:
+    """uint8 [N, S, S, 3] -> probabilities [N, classes] with the NNX `model`, jitted (one
+    compilation per batch shape; classify_io always sends the same one)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def probabilities(state: nnx.State, images: jax.Array) -> jax.Array:
+        logits = nnx.merge(graphdef, state)(augment.to_model_input(images), train=False)
+        return jax.nn.softmax(logits)
+
+    return lambda images: np.asarray(probabilities(state, images))
+
+
+def checkpoint_predictor(loaded: evaluate.Loaded) -> Predictor:
+    return Predictor(
+        jax_predict_fn(loaded.model),
+        loaded.config.model.image_size,
+        loaded.config.input.central_fraction,
+    )
+
+
+def exported_predictor(path: str) -> Predictor:
+    """An export of `marco_jax.export`; its recorded geometry and class order are used.
+
+    Raises:
+      cli.ArgumentError: not an export, or one whose classes differ from CLASS_NAMES.
+    """
+    from marco_jax import export  # Lazy: TensorFlow/ONNX Runtime only when an export is used.
+
+    try:
+        exported = export.load_exported(path)
+    except (OSError, ValueError) as e:
+        raise cli.ArgumentError(str(e)) from e
+    if tuple(exported.class_names) != CLASS_NAMES:
+        raise cli.ArgumentError(
+            f"{path} predicts classes {exported.class_names}, not {CLASS_NAMES}; export the "
+            "model again with this version of marco_jax."
+        )
+    return Predictor(exported, exported.image_size, exported.central_fraction)
+
+
+def saliency_path(out_dir: str, path: str, root: str) -> str:
+    """Where the heat map of input `path` goes: its path relative to `root` (the inputs' common
+    folder), with ".png" appended, so that inputs of the same name in different folders, or
+    A1.jpg beside A1.tif, never overwrite each other."""
+    relative = os.path.relpath(os.path.abspath(path), root)
+    return os.path.join(out_dir, relative + ".png")
+
+
+def common_root(paths: Sequence[str]) -> str:
+    """The deepest folder holding every path (a lone file's own folder)."""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+
+
+def write_saliency_maps(
+    rows: Sequence[classify_io.Row],
+    model: nnx.Module,
+    out_dir: str,
+    *,
+    image_size: int,
+    central_fraction: float,
+    num_samples: int = saliency.DEFAULT_NUM_SAMPLES,
+    noise_fraction: float = saliency.DEFAULT_NOISE_FRACTION,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[str]:
+    """A SmoothGrad overlay PNG of the predicted class for every scored row; returns the paths.
+
+    The image is read again (same reader and crop as scoring), so nothing is held for the whole
+    plate while it is scored.
+    """
+    scored = [row for row in rows if row.probs is not None]
+    if not scored:
+        return []
+    root = common_root([row.path for row in scored])
+    written = []
+    for row in tqdm.tqdm(scored, unit="map", file=sys.stderr, disable=not progress):
+        image = preprocess.center_crop_and_resize(
+            image_io.load_image(row.path), image_size, central_fraction
+        )
+        heat = saliency.smoothgrad(
+            model,
+            image,
+            CLASS_NAMES.index(row.prediction),
+            num_samples=num_samples,
+            noise_fraction=noise_fraction,
+            seed=seed,
+        )
+        written.append(saliency_path(out_dir, row.path, root))
+        saliency.overlay_png(written[-1], image, heat)
+    return written
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """The command's flags, in `fv` (a private FlagValues runs the command inside a test)."""
+    flags.DEFINE_string(
+        "checkpoint", None, "Training workdir whose checkpoint scores the images.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "step", "best", "With --checkpoint: best, latest or a step number.", flag_values=fv
+    )
+    flags.DEFINE_bool(
+        "raw_weights", False, "With --checkpoint: raw weights, not the EMA.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "model", None, "Exported model (SavedModel dir, .tflite, .onnx).", flag_values=fv
+    )
+    flags.DEFINE_string("output", None, "CSV file to write, one row per input.", flag_values=fv)
+    flags.DEFINE_integer(
+        "batch_size", 16, "Images per model call (the last batch is padded).", flag_values=fv
+    )
+    flags.DEFINE_bool(
+        "tta", False, "Average over the 8 flips/rotations (8x the compute).", flag_values=fv
+    )
+    flags.DEFINE_float(
+        "crystal_threshold", None, "Adds crystal_flag = p_crystals >= this.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "saliency", None, "Folder for SmoothGrad heat maps (needs --checkpoint).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "saliency_samples",
+        saliency.DEFAULT_NUM_SAMPLES,
+        "SmoothGrad noise samples per image.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "saliency_noise",
+        saliency.DEFAULT_NOISE_FRACTION,
+        "SmoothGrad noise std as a fraction of the image's value range.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of the SmoothGrad noise.", flag_values=fv)
+    flags.DEFINE_integer(
+        "workers",
+        classify_io.DEFAULT_NUM_WORKERS,
+        "Threads reading and cropping images.",
+        flag_values=fv,
+    )
+    flags.mark_flags_as_required(["output"], flag_values=fv)
+
+
+def _check_arguments(fv: flags.FlagValues, paths: Sequence[str]) -> None:
+    if not paths:
+        raise cli.ArgumentError("no PATH given: name image files, folders or list files.")
+    if (fv.checkpoint is None) == (fv.model is None):
+        raise cli.ArgumentError("pass exactly one of --checkpoint WORKDIR and --model EXPORTED.")
+    if fv.model is not None:
+        for name in ("step", "raw_weights", "saliency"):
+            if fv[name].present:
+                raise cli.ArgumentError(
+                    f"--{name} needs the JAX network: use it with --checkpoint, not --model."
+                )
+    if fv.batch_size < 1:
+        raise cli.ArgumentError(f"--batch_size must be >= 1, got {fv.batch_size}.")
+    if fv.workers < 1:
+        raise cli.ArgumentError(f"--workers must be >= 1, got {fv.workers}.")
+    threshold = fv.crystal_threshold
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise cli.ArgumentError(f"--crystal_threshold must lie in [0, 1], got {threshold}.")
+    if fv.saliency_samples < 1 or fv.saliency_noise < 0:
+        raise cli.ArgumentError(
+            f"--saliency_samples ({fv.saliency_samples}) must be >= 1 and --saliency_noise "
+            f"({fv.saliency_noise}) >= 0."
+        )
+    folder = os.path.dirname(os.path.abspath(fv.output))
+    if os.path.isdir(fv.output) or not os.path.isdir(folder):
+        raise cli.ArgumentError(
+            f"--output {fv.output} must be a file in an existing folder (the CSV to write)."
+        )
+
+
+def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
+    """The command on parsed flags `fv` and positional PATHs argv[1:]; returns the exit code."""
+    try:
+        _check_arguments(fv, argv[1:])
+        paths = image_io.collect_inputs(argv[1:])
+        model = None  # the NNX network, for saliency
+        if fv.checkpoint is not None:
+            loaded = evaluate.load(fv.checkpoint, fv.step, use_ema=not fv.raw_weights)
+            model, predictor = loaded.model, checkpoint_predictor(loaded)
+        else:
+            predictor = exported_predictor(fv.model)
+    except (cli.ArgumentError, image_io.InputListError) as e:
+        cli.fail(str(e))
+    rows = classify_io.score_files(
+        paths,
+        predictor.predict,
+        image_size=predictor.image_size,
+        central_fraction=predictor.central_fraction,
+        batch_size=fv.batch_size,
+        tta=classify_io.ALL_TTA if fv.tta else (),
+        num_workers=fv.workers,
+    )
+    with open(fv.output, "w", newline="", encoding="utf-8") as f:
+        classify_io.write_csv(rows, f, crystal_threshold=fv.crystal_threshold)
+    if fv.saliency is not None:
+        written = write_saliency_maps(
+            rows,
+            model,
+            fv.saliency,
+            image_size=predictor.image_size,
+            central_fraction=predictor.central_fraction,
+            num_samples=fv.saliency_samples,
+            noise_fraction=fv.saliency_noise,
+            seed=fv.seed,
+        )
+        logging.info("Wrote %d heat maps under %s", len(written), fv.saliency)
+    print(classify_io.summary_line(rows))
+    return classify_io.exit_code(rows)
+
+
+def run() -> None:
+    cli.run(main, define_flags)
+
+
+if __name__ == "__main__":
+    run()

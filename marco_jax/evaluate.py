@@ -1,0 +1,193 @@
+"""The paper's evaluation (section 4) of a trained checkpoint, as one report.
+
+  python -m marco_jax.evaluate --workdir DIR [--checkpoint best|latest|STEP] [--split test]
+      [--out DIR] [--raw_weights] [--crystal_threshold X] [--data_dir DIR]
+
+The model and the dataset come from the workdir's config.json (written by training); the split is
+read and preprocessed as in training's periodic evaluation, by `evaluation.Evaluator` on every
+device of every host. Writes report.json, PNG plots and a self-contained report.html
+(`marco_jax.report`) into --out, by default DIR/report_<step>_<split>: accuracy, the Table-4
+confusion matrix, the Table-5 spread across data sources when the dataset records them, Fig-3
+ROC curves with the recall at fixed false-positive rates, and Table 6's crystals-vs-rest
+precision/recall/accuracy (argmax, or "p_crystals >= X" with --crystal_threshold). EMA weights
+unless --raw_weights, as training evaluates (`config.eval_with_ema`, paper section 3).
+
+Exit codes: 0 report written; 2 wrong input (no such workdir, checkpoint or split), named on
+stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import flags, logging
+
+from marco_jax import (
+    checkpoints,
+    cli,
+    evaluation,
+    input_pipeline,
+    metrics,
+    models,
+    parallel,
+    report,
+    train,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A checkpoint's network with the config it was trained with."""
+
+    config: ml_collections.ConfigDict
+    model: models.InceptionV3
+    step: int
+    use_ema: bool
+
+
+def load(
+    workdir: str, checkpoint: str = "best", use_ema: bool = True, data_dir: str | None = None
+) -> Loaded:
+    """The network of `workdir` at `checkpoint` ("best", "latest" or a step number).
+
+    data_dir replaces config.dataset.data_dir (a dataset built elsewhere than during training).
+
+    Raises:
+      cli.ArgumentError: no such workdir or checkpoint, with the reason.
+    """
+    try:
+        config, model, step = checkpoints.load_for_inference(
+            workdir, checkpoint=cli.parse_checkpoint(checkpoint), use_ema=use_ema
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise cli.ArgumentError(str(e)) from e
+    if data_dir is not None:
+        config.dataset.data_dir = data_dir
+    return Loaded(config, model, step, use_ema)
+
+
+def predict(
+    loaded: Loaded, source: Sequence[dict[str, Any]]
+) -> tuple[evaluation.Evaluator, np.ndarray]:
+    """Probabilities [len(source), classes] in the source's order, and the evaluator that holds
+    the records' labels and data sources."""
+    parallel.check_divisible(loaded.config.input.eval_batch_size, "eval_batch_size")
+    graphdef, params, batch_stats = train.split_model(loaded.model)
+    evaluator = evaluation.Evaluator(loaded.config, graphdef, source, parallel.create_mesh())
+    return evaluator, evaluator.predict(params, batch_stats)
+
+
+def write_evaluation(
+    loaded: Loaded,
+    source: Sequence[dict[str, Any]],
+    *,
+    split: str,
+    out: str,
+    run_info: dict[str, Any],
+    crystal_threshold: float | None = None,
+) -> dict[str, Path]:
+    """Predicts `source`, computes the section-4 metrics and writes the report into `out`.
+
+    Only process 0 writes; the other processes of a multi-host job return {}.
+    """
+    evaluator, probs = predict(loaded, source)
+    result = metrics.compute_all(
+        evaluator.labels, probs, sources=evaluator.sources(), crystal_threshold=crystal_threshold
+    )
+    if jax.process_index() != 0:
+        return {}
+    title = f"MARCO evaluation: step {loaded.step}, split {split}"
+    return report.write_report(out, result, title=title, run_info=run_info)
+
+
+def evaluate(
+    workdir: str,
+    *,
+    checkpoint: str = "best",
+    split: str = "test",
+    out: str | None = None,
+    use_ema: bool = True,
+    crystal_threshold: float | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Path]:
+    """The whole command: returns the written paths by name (see `report.write_report`).
+
+    Raises:
+      cli.ArgumentError: no such workdir, checkpoint or split, or a threshold outside [0, 1];
+        checked before the long part.
+    """
+    if crystal_threshold is not None and not 0.0 <= crystal_threshold <= 1.0:
+        raise cli.ArgumentError(f"crystal_threshold must lie in [0, 1], got {crystal_threshold}.")
+    loaded = load(workdir, checkpoint, use_ema, data_dir)
+    try:
+        source = input_pipeline.open_tfds_source(loaded.config, split)
+    except ValueError as e:  # TFDS: "Unknown split 'x'. Should be one of ['train', 'test']."
+        raise cli.ArgumentError(str(e)) from e
+    run_info = {
+        "workdir": str(workdir),
+        "checkpoint": checkpoint,
+        "step": loaded.step,
+        "weights": "ema" if use_ema else "raw",
+        "dataset": f"{loaded.config.dataset.name}/{loaded.config.dataset.config_name}",
+        "split": split,
+    }
+    return write_evaluation(
+        loaded,
+        source,
+        split=split,
+        out=out or os.path.join(workdir, f"report_{loaded.step}_{split}"),
+        run_info=run_info,
+        crystal_threshold=crystal_threshold,
+    )
+
+
+def _define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/ and config.json).")
+    flags.DEFINE_string("checkpoint", "best", "Which checkpoint: best, latest or a step number.")
+    flags.DEFINE_string("split", "test", "Dataset split to evaluate.")
+    flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/report_<step>_<split>).")
+    flags.DEFINE_bool("raw_weights", False, "Evaluate the raw weights instead of their EMA.")
+    flags.DEFINE_float(
+        "crystal_threshold",
+        None,
+        "Table 6 counts a crystal detection when p_crystals >= this (default: the argmax).",
+    )
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir replacing the one in config.json.")
+    flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}")
+    parallel.initialize_distributed()
+    fv = flags.FLAGS
+    try:
+        paths = evaluate(
+            fv.workdir,
+            checkpoint=fv.checkpoint,
+            split=fv.split,
+            out=fv.out,
+            use_ema=not fv.raw_weights,
+            crystal_threshold=fv.crystal_threshold,
+            data_dir=fv.data_dir,
+        )
+    except cli.ArgumentError as e:
+        cli.fail(str(e))
+    if paths:
+        logging.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
+        print(paths["html"])
+
+
+def run() -> None:
+    cli.run(main, _define_flags)
+
+
+if __name__ == "__main__":
+    run()
