@@ -45,7 +45,11 @@ def create_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.
         read_only=read_only,
         create=not read_only,
     )
-    return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options)
+    # A reader knows the state's handler up front, so it can read its metadata before restoring.
+    handlers = {"state": ocp.StandardCheckpointHandler()} if read_only else None
+    return ocp.CheckpointManager(
+        epath.Path(workdir) / CHECKPOINT_DIR, options=options, item_handlers=handlers
+    )
 
 
 def save(
@@ -133,13 +137,27 @@ def load_for_inference(
     config = read_config(workdir)
     manager = create_manager(workdir, read_only=True)
     step = resolve_step(manager, checkpoint)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-    ).state
+    restored = restore_on_this_host(manager, step)
+    manager.close()
     model = nnx.eval_shape(lambda: models.create_model(config))
     params = restored["ema_params" if use_ema else "params"]
     batch_stats = restored["ema_batch_stats" if use_ema else "batch_stats"]
     graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
-    model = nnx.merge(graphdef, *jax.tree.map(jax.numpy.asarray, (params, batch_stats)))
-    manager.close()
-    return config, model, step
+    return config, nnx.merge(graphdef, params, batch_stats), step
+
+
+def restore_on_this_host(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The saved TrainState as a dict of arrays on this host's first device.
+
+    Whatever topology saved it (8 GPUs, a TPU pod), a lab workstation can read it: the target
+    shardings come from the checkpoint's shapes, not from its recorded devices.
+    `manager` must come from `create_manager(..., read_only=True)`.
+    """
+    metadata = manager.item_metadata(step)["state"]
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata
+    )
+    return manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    ).state

@@ -215,7 +215,10 @@ class ConvBN(nnx.Module):
             param_dtype=jnp.float32,
             rngs=rngs,
         )
-        self.bn = nnx.BatchNorm(depth, use_scale=False, dtype=dtype, rngs=rngs, **bn)
+        # Two-pass variance: E[x^2] - E[x]^2 loses the variance of small, offset activations.
+        self.bn = nnx.BatchNorm(
+            depth, use_scale=False, use_fast_variance=False, dtype=dtype, rngs=rngs, **bn
+        )
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
