@@ -63,9 +63,8 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def _random_model(config, seed: int = 0) -> models.InceptionV3:
-    """The configured network with He-scaled random kernels and plausible BatchNorm statistics,
-    drawn in numpy: creating it with the initialisers compiles one JAX kernel per layer shape,
-    which takes longer than some of the measurements."""
+    """The configured network with He-scaled random kernels and non-trivial BatchNorm statistics
+    (a fresh model's mean 0 / var 1 would hide a wrong BatchNorm fold in the agreement check)."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: models.create_model(config)))
     rng = np.random.default_rng(seed)
 

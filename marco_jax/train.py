@@ -234,8 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             history.append(metrics)
             for hook in hooks:
                 hook(step)
-            if step % config.log_every_steps == 0 or step == num_steps:
+            is_log = step % config.log_every_steps == 0 or step == num_steps
+            is_eval = step % config.eval_every_steps == 0 or step == num_steps
+            is_save = step % config.checkpoint_every_steps == 0
+            if is_log or is_eval or is_save:  # this step's loss must be finite before any use
                 _check_finite(*pending, manager)
+            if is_log:
                 elapsed = time.perf_counter() - last_log[1]
                 summary = _mean_metrics(history)
                 summary["images_per_second"] = (
@@ -244,17 +248,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 summary["step_time_ms"] = 1000 * elapsed / (step - last_log[0])
                 writer.write_scalars(step, summary)
                 history, last_log = [], (step, time.perf_counter())
-            is_eval = step % config.eval_every_steps == 0 or step == num_steps
             if is_eval:
-                _check_finite(*pending, manager)
                 eval_metrics = evaluator.run(state, step, workdir, writer)
                 progress = _update_progress(progress, step, eval_metrics["accuracy"])
             stop = preemption.should_stop(step) or (
                 config.early_stopping_patience > 0
                 and progress["evals_since_best"] >= config.early_stopping_patience
             )
-            if is_eval or stop or step % config.checkpoint_every_steps == 0:
+            if stop:  # a preemption may come at a step not checked above
                 _check_finite(*pending, manager)
+            if is_eval or is_save or stop:
                 save(step, {"accuracy": eval_metrics["accuracy"]} if is_eval else None)
             if stop:
                 logging.info("Stopping at step %d (preemption or early stopping).", step)
