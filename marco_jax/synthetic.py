@@ -166,13 +166,13 @@ def _polyhedron(draw, rng, centre, length):
     rotation = np.array([[math.cos(rot), math.sin(rot)], [-math.sin(rot), math.cos(rot)]])
     pts = pts @ rotation + centre
     apex = centre + rng.uniform(-0.3, 0.3, 2) * length
-    light, contrast = _u(rng, 0, TAU), _u(rng, 0.15, 0.7)
+    light, contrast = _u(rng, 0, TAU), _u(rng, 0.3, 0.8)
     for a, b in zip(pts, np.roll(pts, -1, axis=0), strict=True):
         mid = (a + b) / 2 - apex
         shade = 1.0 + contrast * math.cos(math.atan2(mid[1], mid[0]) - light)
         draw.polygon([tuple(apex), tuple(a), tuple(b)], fill=shade)
     width = 1 + int(length > 40 and rng.random() < 0.5)
-    draw.polygon([tuple(p) for p in pts], outline=_u(rng, 0.1, 0.45), width=width)
+    draw.polygon([tuple(p) for p in pts], outline=_u(rng, 0.05, 0.35), width=width)
 
 
 def _needles(draw, rng, centre, length):
@@ -184,7 +184,7 @@ def _needles(draw, rng, centre, length):
         direction = np.array([math.cos(a), math.sin(a)]) * length * _u(rng, 0.4, 1.2)
         start = centre - _u(rng, 0, 0.5) * direction
         width = 1 + int(rng.random() < 0.2)
-        draw.line([tuple(start), tuple(centre + direction)], fill=_u(rng, 0.15, 0.6), width=width)
+        draw.line([tuple(start), tuple(centre + direction)], fill=_u(rng, 0.1, 0.45), width=width)
 
 
 def _plate(draw, rng, centre, length):
@@ -193,7 +193,7 @@ def _plate(draw, rng, centre, length):
     u = np.array([math.cos(a), math.sin(a)]) * (length / 2)
     v = np.array([-math.sin(a), math.cos(a)]) * (w / 2) + u * _u(rng, -0.3, 0.3)
     pts = [centre + u + v, centre + u - v, centre - u - v, centre - u + v]
-    draw.polygon([tuple(p) for p in pts], fill=_u(rng, 0.9, 1.3), outline=_u(rng, 0.15, 0.55))
+    draw.polygon([tuple(p) for p in pts], fill=_u(rng, 0.9, 1.3), outline=_u(rng, 0.1, 0.4))
 
 
 def _crystals(rng, size, drop) -> np.ndarray:
@@ -203,18 +203,20 @@ def _crystals(rng, size, drop) -> np.ndarray:
     habit = [_polyhedron, _polyhedron, _needles, _plate][int(rng.integers(4))]
     count = int(_log_u(rng, 1, 40))
     drop_px = drop[2] * size / 2
-    typical = drop_px * _log_u(rng, 0.05, 0.4)
+    # Fewer crystals grow larger; none is smaller than ~8 px at 256 px, the smallest that an
+    # expert would score from a single image.
+    typical = drop_px * _log_u(rng, 0.08, 0.4) / count**0.25
     for p in _points_in_drop(rng, count, drop, size):
-        habit(draw, rng, p, max(5.0 * size / 256, typical * _u(rng, 0.5, 1.5)))
+        habit(draw, rng, p, max(8.0 * size / 256, typical * _u(rng, 0.6, 1.4)))
     return np.asarray(layer)
 
 
 def _precipitate(rng, size, drop) -> tuple[np.ndarray, np.ndarray]:
     """Granular or cloudy matter; returns (transmission, absorbance that tints it brown)."""
-    level = _u(rng, -0.2, 0.6)
+    level = _u(rng, 0.0, 0.6)
     cloud = np.clip(_smooth_noise(rng, size, int(rng.integers(2, 7))) + level, 0.1, 1)
     cloud = cloud ** _u(rng, 0.5, 2.0)
-    n = int(_log_u(rng, 300, 15000) * (size / 256) ** 2)
+    n = int(_log_u(rng, 1500, 20000) * (size / 256) ** 2)
     pts = _points_in_drop(rng, n, drop, size, spread=1.0).astype(np.int32).clip(0, size - 1)
     pts = pts[rng.random(n) < cloud[pts[:, 1], pts[:, 0]]]
     grains = np.bincount(
@@ -310,7 +312,9 @@ def _drops(rng, style, failure) -> list[tuple[float, float, float]]:
     if failure == "split":
         spots = rng.uniform(-0.6, 0.6, (int(rng.integers(2, 6)), 2)) * zoom
         return [(wx + dx, wy + dy, zoom * _u(rng, 0.1, 0.3)) for dx, dy in spots.tolist()]
-    radius = zoom * _u(rng, 0.4, 0.95)
+    # The drop edge stays in view (image half-width 1): a drop filling the field would look like an
+    # empty well, and imagers are set up to frame the drop.
+    radius = min(zoom * _u(rng, 0.4, 0.95), _u(rng, 0.55, 0.8))
     if failure == "off_centre":  # landed on the well wall
         a, r = _u(rng, 0, TAU), zoom * _u(rng, 0.75, 1.0)
     else:

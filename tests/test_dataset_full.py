@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import collections
 import io
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SHARED
+import tensorflow_datasets as tfds
+from conftest import REPO, SHARED
 from etils import epath
 from PIL import Image
 
@@ -36,9 +40,22 @@ def _jpeg(color=(200, 180, 190), mode="RGB") -> bytes:
     return buf.getvalue()
 
 
+def _build_with_the_stock_cli(data_dir: pathlib.Path, manual_dir: pathlib.Path):
+    """`tfds build tfds_marco/marco ...` as a user types it, read back from its directory."""
+    tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
+    command = [str(tfds_cli), "build", "tfds_marco/marco", "--config=full"]
+    command += [f"--manual_dir={manual_dir}", f"--data_dir={data_dir}"]
+    subprocess.run([*command, "--file_format=array_record"], cwd=REPO, check=True)
+    return tfds.builder_from_directory(str(data_dir / "marco" / "full" / str(Builder.VERSION)))
+
+
 @pytest.mark.skipif(not GSK.is_dir(), reason=f"real photographs not found at {GSK}")
-def test_full_builds_from_the_real_gsk_folders_as_they_are(tmp_path):
-    builder = build("full", data_dir=str(tmp_path), manual_dir=str(GSK))
+@pytest.mark.parametrize("how", ["python", "stock_cli"])
+def test_full_builds_from_the_real_gsk_folders_as_they_are(tmp_path, how):
+    if how == "python":
+        builder = build("full", data_dir=str(tmp_path), manual_dir=str(GSK))
+    else:
+        builder = _build_with_the_stock_cli(tmp_path, GSK)
     examples = _examples(builder)
     assert len(examples) == 12
     for name, ex in examples.items():  # the folder a photograph sits in is its label
