@@ -1,0 +1,69 @@
+"""One real training step on 1 device and on all devices, same state, same real batch: prints JSON.
+
+Run by tests/test_train.py under XLA_FLAGS=--xla_force_host_platform_device_count=8 (the device
+count must be set before JAX starts, hence a separate process):
+  python tests/data_parallel_step.py DATA_DIR
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+from conftest import ci_config
+
+from marco_jax import input_pipeline, models, optim, parallel, train
+
+
+def _relative_difference(reference, other) -> float:
+    difference = jax.tree.map(lambda x, y: y - x, reference, other)
+    return float(optax.global_norm(difference) / optax.global_norm(reference))
+
+
+def main(data_dir: str) -> None:
+    config = ci_config(data_dir)
+    config.input.num_workers = 0
+    tx = optim.create_optimizer(config, steps_per_epoch=10)
+    learning_rate = optim.learning_rate_schedule(config, steps_per_epoch=10)
+    graphdef, state = train.create_train_state(models.create_model(config, rngs=0), tx, 0)
+    source = input_pipeline.open_tfds_source(config, config.dataset.train_split)
+    dataset = input_pipeline.create_train_dataset(
+        config, source, process_index=0, process_count=1, seed=config.seed
+    )
+    batch = next(iter(dataset))
+    step = functools.partial(
+        train.train_step, graphdef=graphdef, tx=tx, learning_rate=learning_rate, config=config
+    )
+    one, one_metrics = jax.jit(step)(jax.tree.map(jnp.copy, state), batch)
+    mesh = parallel.create_mesh()
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    many, many_metrics = jax.jit(
+        step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated)
+    )(jax.device_put(state, replicated), parallel.to_global(batch, sharded))
+
+    def update(new):
+        return jax.tree.map(lambda p, p0: p - p0, new.params, state.params)
+
+    print(
+        json.dumps(
+            {
+                "devices": jax.device_count(),
+                "loss": [float(one_metrics["loss"]), float(many_metrics["loss"])],
+                "grad_norm": [float(one_metrics["grad_norm"]), float(many_metrics["grad_norm"])],
+                "update_norm": float(optax.global_norm(update(one))),
+                "update_difference": _relative_difference(update(one), update(many)),
+                "batch_stats_difference": _relative_difference(
+                    jax.tree.map(lambda s, s0: s - s0, one.batch_stats, state.batch_stats),
+                    jax.tree.map(lambda s, s0: s - s0, many.batch_stats, state.batch_stats),
+                ),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
