@@ -203,8 +203,8 @@ def _crystals(rng, size, drop) -> np.ndarray:
     habit = [_polyhedron, _polyhedron, _needles, _plate][int(rng.integers(4))]
     count = int(_log_u(rng, 1, 40))
     drop_px = drop[2] * size / 2
-    # Fewer crystals grow larger; none is smaller than ~8 px at 256 px, the smallest that an
-    # expert would score from a single image.
+    # Fewer crystals grow larger; none is under 8 px at 256 px, so that a lone small crystal still
+    # spans a few pixels at the embedded default model's input.
     typical = drop_px * _log_u(rng, 0.08, 0.4) / count**0.25
     for p in _points_in_drop(rng, count, drop, size):
         habit(draw, rng, p, max(8.0 * size / 256, typical * _u(rng, 0.6, 1.4)))
