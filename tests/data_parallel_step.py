@@ -29,7 +29,9 @@ def main(data_dir: str) -> None:
     config.input.num_workers = 0
     tx = optim.create_optimizer(config, steps_per_epoch=10)
     learning_rate = optim.learning_rate_schedule(config, steps_per_epoch=10)
-    graphdef, state = train.create_train_state(models.create_model(config, rngs=0), tx, 0)
+    graphdef, state = train.create_train_state(
+        models.create_model(config, rngs=config.seed), tx, config.seed
+    )
     source = input_pipeline.open_tfds_source(config, config.dataset.train_split)
     dataset = input_pipeline.create_train_dataset(
         config, source, process_index=0, process_count=1, seed=config.seed
@@ -45,8 +47,8 @@ def main(data_dir: str) -> None:
         step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated)
     )(jax.device_put(state, replicated), parallel.to_global(batch, sharded))
 
-    def update(new):
-        return jax.tree.map(lambda p, p0: p - p0, new.params, state.params)
+    def change(new: train.TrainState, field: str):
+        return jax.tree.map(lambda x, x0: x - x0, getattr(new, field), getattr(state, field))
 
     print(
         json.dumps(
@@ -54,11 +56,12 @@ def main(data_dir: str) -> None:
                 "devices": jax.device_count(),
                 "loss": [float(one_metrics["loss"]), float(many_metrics["loss"])],
                 "grad_norm": [float(one_metrics["grad_norm"]), float(many_metrics["grad_norm"])],
-                "update_norm": float(optax.global_norm(update(one))),
-                "update_difference": _relative_difference(update(one), update(many)),
+                "update_norm": float(optax.global_norm(change(one, "params"))),
+                "update_difference": _relative_difference(
+                    change(one, "params"), change(many, "params")
+                ),
                 "batch_stats_difference": _relative_difference(
-                    jax.tree.map(lambda s, s0: s - s0, one.batch_stats, state.batch_stats),
-                    jax.tree.map(lambda s, s0: s - s0, many.batch_stats, state.batch_stats),
+                    change(one, "batch_stats"), change(many, "batch_stats")
                 ),
             }
         )
