@@ -22,14 +22,18 @@ Decisions (the CLI documentation repeats them):
   formula; embedded ICC profiles are ignored, as the training pipeline's decoders ignore them.
 - The EXIF orientation is applied; a multi-page TIFF contributes its first page.
 - A truncated file is an error (Pillow's LOAD_TRUNCATED_IMAGES stays False and every image is
-  fully decoded here), never an image padded with grey.
+  fully decoded here), never an image padded with grey. JPEGs are decoded by `decode_jpeg`
+  (libjpeg-turbo through simplejpeg, strict), which also refuses damaged scan data that ends
+  with an EOI marker, which Pillow decodes as grey padding without a word.
 - Images over `max_pixels` are refused from their header before decoding (decompression bombs).
 """
 
+import io
 import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Lower-case; matched case-insensitively against file names when a folder is scanned.
@@ -57,6 +61,7 @@ _SIGNATURES = {
     b"BM": "BMP",
 }
 _SNIFF_BYTES = 512
+_EXIF_ORIENTATION = 0x0112
 
 
 class ImageReadError(Exception):
@@ -66,6 +71,119 @@ class ImageReadError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class JpegDecodeError(ValueError):
+    """JPEG data that libjpeg-turbo reports as damaged (even only as a warning) or cannot decode;
+    `reason` is in a lab user's words, `libjpeg_message` is libjpeg's own."""
+
+    def __init__(self, reason: str, libjpeg_message: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.libjpeg_message = libjpeg_message
+
+
+def decode_jpeg(data: bytes, *, fast_dct: bool = False) -> np.ndarray:
+    """Decodes JPEG bytes to uint8 RGB [H, W, 3] with libjpeg-turbo (simplejpeg), strictly.
+
+    Why simplejpeg: libjpeg-turbo reports damaged scan data (a file cut short, then closed
+    with an EOI marker; a header claiming more rows than the data holds) only as a *warning*,
+    and Pillow drops warnings, so it returns the missing part as flat grey. simplejpeg's strict
+    mode raises on them. Its pixels equal Pillow's (same library, accurate DCT, fancy
+    upsampling), and it decodes faster.
+
+    fast_dct: libjpeg's IFAST integer DCT, TensorFlow's DecodeJpeg default (the released MARCO
+      graph decodes that way); False is the accurate ISLOW DCT, as Pillow decodes.
+
+    Accepted on purpose: a baseline (sequential) JPEG whose data is complete and only the final
+    EOI marker is missing (the pixels are all there), and junk bytes after the last scan
+    ("extraneous bytes before marker 0xd9"). A progressive JPEG missing its EOI is refused: its
+    last scans may be missing without any other sign.
+
+    CMYK/YCCK JPEGs are decoded (strictly) by simplejpeg to CMYK and converted to RGB with
+    Pillow's formula, Adobe-inverted as Pillow assumes, so they read as Pillow reads them. Only
+    what libjpeg-turbo calls unsupported ("Unsupported JPEG process/precision ...") is handed to
+    Pillow, whose libjpeg build may know it.
+
+    Raises:
+      JpegDecodeError: damaged or undecodable data, with the reason in words.
+    """
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as e:
+        raise _jpeg_error(str(e)) from None
+    cmyk = colorspace in ("CMYK", "YCCK")
+
+    def decode(buffer: bytes) -> np.ndarray:
+        return simplejpeg.decode_jpeg(
+            buffer,
+            colorspace="CMYK" if cmyk else "RGB",
+            fastdct=fast_dct,
+            fastupsample=False,
+            strict=True,
+        )
+
+    try:
+        pixels = decode(data)
+    except ValueError as e:
+        message = str(e)
+        if message.startswith("Unsupported"):
+            return _decode_jpeg_with_pillow(data, message)
+        if "Premature end of JPEG file" in message and not _is_progressive(data):
+            try:  # complete data with only the EOI marker missing decodes cleanly with one
+                pixels = decode(data + b"\xff\xd9")
+            except ValueError:
+                raise _jpeg_error(message) from None
+        elif "extraneous bytes before marker 0xd9" in message:
+            pixels = simplejpeg.decode_jpeg(  # every scan was read before the junk
+                data, colorspace="CMYK" if cmyk else "RGB", fastdct=fast_dct,
+                fastupsample=False, strict=False,
+            )  # fmt: skip
+        else:
+            raise _jpeg_error(message) from None
+    if cmyk:  # Pillow's CMYK -> RGB, on the inverted samples Pillow's JPEG reader would give
+        return np.asarray(Image.fromarray(255 - pixels, mode="CMYK").convert("RGB"))
+    return pixels
+
+
+def _jpeg_error(message: str) -> JpegDecodeError:
+    lowered = message.lower()
+    if "premature end of jpeg file" in lowered:
+        reason = "truncated image data (the file is incomplete)"
+    elif "premature end of data segment" in lowered:
+        reason = "incomplete image data (the picture's data ends early: a cut or damaged file)"
+    elif "unsupported" in lowered:
+        reason = f"unsupported JPEG variant ({message})"
+    else:
+        reason = "corrupt image data"
+    return JpegDecodeError(f"{reason}: libjpeg: {message}", message)
+
+
+def _decode_jpeg_with_pillow(data: bytes, message: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+            image.load()
+            return to_rgb8(image)
+    except Exception as e:  # Pillow's libjpeg does not know it either
+        raise _jpeg_error(message) from e
+
+
+def _is_progressive(data: bytes) -> bool:
+    """Whether the frame header before the first scan is SOF2/6/10/14 (progressive)."""
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return False
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in (0xC2, 0xC6, 0xCA, 0xCE):
+            return True
+        if marker in (0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF, 0xDA):
+            return False
+        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return False
 
 
 class InputListError(ValueError):
@@ -95,12 +213,42 @@ def load_image(
         width, height = image.size
         if width * height > max_pixels:
             raise ImageReadError(path, _too_large(width, height, max_pixels))
+        if image.format == "JPEG":
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            try:
+                with open(path, "rb") as f:
+                    pixels = decode_jpeg(f.read())
+            except OSError as e:
+                raise ImageReadError(path, f"cannot read file: {e.strerror}") from e
+            except JpegDecodeError as e:
+                raise ImageReadError(path, e.reason) from e
+            return apply_orientation(pixels, orientation)
         _decode(path, image)
         ImageOps.exif_transpose(image, in_place=True)
         try:
             return to_rgb8(image, background)
         except ValueError as e:
             raise ImageReadError(path, str(e)) from e
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The picture [H, W, C] as shown under EXIF orientation 1-8 (as ImageOps.exif_transpose);
+    any other value leaves it as stored."""
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:
+        return pixels.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(pixels, -1)
+    if orientation == 7:
+        return np.rot90(pixels, 2).transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(pixels, 1)
+    return pixels
 
 
 def to_rgb8(

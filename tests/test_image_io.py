@@ -79,14 +79,87 @@ def test_load_image_bad_files_name_their_fault(lab_folder):
         image_io.load_image(str(folder / "missing.jpg"))
 
 
-def test_truncated_image_stays_an_error_even_if_missing_only_its_end(tmp_path):
-    """Pillow would pad a truncated JPEG with grey if LOAD_TRUNCATED_IMAGES were set."""
+def _jpeg_bytes(pixels: np.ndarray, **options) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(_checkerboard(64, 64)).save(buffer, format="JPEG")
+    Image.fromarray(pixels).save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_cut_short_and_closed_with_eoi_is_refused(tmp_path, fraction, progressive):
+    """Issue 12 item 3: libjpeg only warns about the missing scan data and Pillow would return
+    grey padding; the strict decoder refuses it."""
+    data = _jpeg_bytes(_checkerboard(256, 256), progressive=progressive)
     path = tmp_path / "cut.jpg"
-    path.write_bytes(buffer.getvalue()[:-2])  # only the end-of-image marker missing
+    path.write_bytes(data[: int(len(data) * fraction)] + b"\xff\xd9")
+    with pytest.raises(image_io.ImageReadError, match="incomplete image data .* libjpeg: Corrupt"):
+        image_io.load_image(str(path))
+    path.write_bytes(data[: int(len(data) * fraction)])  # cut, no EOI
     with pytest.raises(image_io.ImageReadError, match="truncated image data"):
         image_io.load_image(str(path))
+
+
+def test_jpeg_header_claiming_more_rows_than_its_data_is_refused(tmp_path):
+    data = bytearray(_jpeg_bytes(_checkerboard(64, 80)))
+    sof = data.index(b"\xff\xc0")
+    assert data[sof + 5 : sof + 9] == bytes([0, 64, 0, 80])
+    data[sof + 5 : sof + 7] = (900).to_bytes(2, "big")  # height 900 over 64 rows of data
+    path = tmp_path / "tall.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(image_io.ImageReadError, match="incomplete image data"):
+        image_io.load_image(str(path))
+
+
+def test_complete_jpeg_missing_only_its_eoi_is_read(tmp_path):
+    """Every scan is there, so it reads as the complete file does; a progressive one is refused
+    (its last scans could be missing without another sign)."""
+    for progressive in (False, True):
+        data = _jpeg_bytes(_checkerboard(64, 64), progressive=progressive)
+        path = tmp_path / f"no_eoi_{progressive}.jpg"
+        path.write_bytes(data[:-2])
+        if progressive:
+            with pytest.raises(image_io.ImageReadError, match="truncated image data"):
+                image_io.load_image(str(path))
+        else:
+            np.testing.assert_array_equal(
+                image_io.load_image(str(path)), image_io.decode_jpeg(data)
+            )
+
+
+def test_decode_jpeg_equals_pillow_and_fast_dct_differs_slightly():
+    data = _jpeg_bytes(_checkerboard(48, 64), quality=90)
+    accurate = image_io.decode_jpeg(data)
+    np.testing.assert_array_equal(accurate, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    fast = image_io.decode_jpeg(data, fast_dct=True)
+    assert fast.shape == accurate.shape and np.abs(fast.astype(int) - accurate).max() <= 8
+    with pytest.raises(image_io.JpegDecodeError, match="libjpeg"):
+        image_io.decode_jpeg(data[: len(data) // 2] + b"\xff\xd9")
+    with pytest.raises(image_io.JpegDecodeError):
+        image_io.decode_jpeg(b"\xff\xd8\xff\xe0 not a jpeg")
+
+
+def test_decode_jpeg_cmyk_reads_as_pillow_reads_it():
+    cmyk = Image.fromarray(_checkerboard(16, 24)).convert("CMYK")
+    buffer = io.BytesIO()
+    cmyk.save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(image_io.decode_jpeg(data), expected)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(tmp_path, orientation):
+    pixels = _checkerboard(16, 24)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    with Image.open(path) as image:
+        from PIL import ImageOps
+
+        expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    np.testing.assert_array_equal(image_io.load_image(str(path)), expected)
 
 
 def test_image_too_large_is_refused_before_decoding(tmp_path):
