@@ -201,8 +201,11 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+    fast_dct: bool = False,
 ) -> np.ndarray:
     """Reads an image file as uint8 RGB [H, W, 3], EXIF orientation applied.
+
+    fast_dct: decode a JPEG as the released MARCO graph does (see `decode_jpeg`).
 
     Raises:
       ImageReadError: for anything that keeps the file from being scored.
@@ -217,7 +220,7 @@ def load_image(
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             try:
                 with open(path, "rb") as f:
-                    pixels = decode_jpeg(f.read())
+                    pixels = decode_jpeg(f.read(), fast_dct=fast_dct)
             except OSError as e:
                 raise ImageReadError(path, f"cannot read file: {e.strerror}") from e
             except JpegDecodeError as e:
