@@ -11,7 +11,7 @@ from marco_jax.config_utils import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_config(pathlib.Path(__file__).with_name("default.py"))
+    config = load_config(pathlib.Path(__file__).with_name("table3.py"))
     config.dataset.config_name = "synthetic_tiny"
     config.model.image_size = 151
     config.model.depth_multiplier = 0.1

@@ -53,8 +53,7 @@ class Predictor:
     """What scoring needs from a model: the batch function and its input geometry."""
 
     predict: classify_io.PredictFn
-    image_size: int
-    central_fraction: float
+    preprocessing: preprocess.Preprocessing
 
 
 def jax_predict_fn(model: nnx.Module) -> classify_io.PredictFn:
@@ -72,9 +71,7 @@ def jax_predict_fn(model: nnx.Module) -> classify_io.PredictFn:
 
 def checkpoint_predictor(loaded: evaluate.Loaded) -> Predictor:
     return Predictor(
-        jax_predict_fn(loaded.model),
-        loaded.config.model.image_size,
-        loaded.config.input.central_fraction,
+        jax_predict_fn(loaded.model), preprocess.Preprocessing.from_config(loaded.config)
     )
 
 
@@ -95,7 +92,7 @@ def exported_predictor(path: str) -> Predictor:
             f"{path} predicts classes {exported.class_names}, not {CLASS_NAMES}; export the "
             "model again with this version of marco_jax."
         )
-    return Predictor(exported, exported.image_size, exported.central_fraction)
+    return Predictor(exported, exported.preprocessing)
 
 
 def saliency_path(out_dir: str, path: str, root: str) -> str:
@@ -116,8 +113,7 @@ def write_saliency_maps(
     model: nnx.Module,
     out_dir: str,
     *,
-    image_size: int,
-    central_fraction: float,
+    preprocessing: preprocess.Preprocessing,
     num_samples: int = saliency.DEFAULT_NUM_SAMPLES,
     noise_fraction: float = saliency.DEFAULT_NOISE_FRACTION,
     seed: int = 0,
@@ -134,8 +130,8 @@ def write_saliency_maps(
     root = common_root([row.path for row in scored])
     written = []
     for row in tqdm.tqdm(scored, unit="map", file=sys.stderr, disable=not progress):
-        image = preprocess.center_crop_and_resize(
-            image_io.load_image(row.path), image_size, central_fraction
+        image = preprocessing.eval_transform(
+            image_io.load_image(row.path, fast_dct=preprocessing.jpeg_dct == "fast")
         )
         heat = saliency.smoothgrad(
             model,
@@ -146,6 +142,8 @@ def write_saliency_maps(
             seed=seed,
         )
         written.append(saliency_path(out_dir, row.path, root))
+        if image.dtype != np.uint8:  # the release's preprocessing gives float in [0, 1]
+            image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
         saliency.overlay_png(written[-1], image, heat)
     return written
 
@@ -245,8 +243,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
     rows = classify_io.score_files(
         paths,
         predictor.predict,
-        image_size=predictor.image_size,
-        central_fraction=predictor.central_fraction,
+        preprocessing=predictor.preprocessing,
         batch_size=fv.batch_size,
         tta=classify_io.ALL_TTA if fv.tta else (),
         num_workers=fv.workers,
@@ -258,8 +255,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
             rows,
             model,
             fv.saliency,
-            image_size=predictor.image_size,
-            central_fraction=predictor.central_fraction,
+            preprocessing=predictor.preprocessing,
             num_samples=fv.saliency_samples,
             noise_fraction=fv.saliency_noise,
             seed=fv.seed,

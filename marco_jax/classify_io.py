@@ -72,8 +72,7 @@ def score_files(
     paths: Sequence[str],
     predict_fn: PredictFn,
     *,
-    image_size: int,
-    central_fraction: float,
+    preprocessing: preprocess.Preprocessing,
     batch_size: int,
     tta: Sequence[str] = (),
     num_workers: int = DEFAULT_NUM_WORKERS,
@@ -93,12 +92,7 @@ def score_files(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     transforms = [TTA_TRANSFORMS[name] for name in tta] or [np.asarray]
-    load = functools.partial(
-        _load_and_crop,
-        image_size=image_size,
-        central_fraction=central_fraction,
-        max_pixels=max_pixels,
-    )
+    load = functools.partial(_load_and_crop, preprocessing=preprocessing, max_pixels=max_pixels)
     rows: list[Row | None] = [None] * len(paths)
     prob_sums = np.zeros((len(paths), NUM_CLASSES), np.float64)
     views_done = np.zeros(len(paths), np.int64)
@@ -138,14 +132,16 @@ def score_files(
 
 
 def _load_and_crop(
-    path: str, *, image_size: int, central_fraction: float, max_pixels: int
+    path: str, *, preprocessing: preprocess.Preprocessing, max_pixels: int
 ) -> np.ndarray | str:
     """The evaluation input for one file, or the reason it cannot be read."""
     try:
-        image = image_io.load_image(path, max_pixels=max_pixels)
+        image = image_io.load_image(
+            path, max_pixels=max_pixels, fast_dct=preprocessing.jpeg_dct == "fast"
+        )
     except image_io.ImageReadError as e:
         return e.reason
-    return preprocess.center_crop_and_resize(image, image_size, central_fraction)
+    return preprocessing.eval_transform(image)
 
 
 def _ordered_prefetch(
@@ -163,7 +159,7 @@ def _ordered_prefetch(
 
 def _predict_padded(predict_fn: PredictFn, crops: list[np.ndarray], batch_size: int) -> np.ndarray:
     """Calls predict_fn on exactly batch_size images (zero images pad a short last batch)."""
-    batch = np.zeros((batch_size, *crops[0].shape), np.uint8)
+    batch = np.zeros((batch_size, *crops[0].shape), crops[0].dtype)
     batch[: len(crops)] = crops
     probs = np.asarray(predict_fn(batch))
     if probs.shape != (batch_size, NUM_CLASSES):

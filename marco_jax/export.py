@@ -59,8 +59,9 @@ from typing import Any, Protocol
 import ml_collections
 import numpy as np
 
-from marco_jax import models
+from marco_jax import models, preprocess
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.release import RELEASE_CLASS_NAMES, RELEASE_INDEX_OF_OURS
 
 FORMATS = ("saved_model", "tflite", "onnx")
 ONNX_OPSET = 17  # Softmax on the last axis and everything used here; widely supported runtimes.
@@ -178,10 +179,14 @@ def _metadata(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "classifier."
         )
     return {
-        "image_size": int(config.model.image_size),
-        "central_fraction": float(config.input.central_fraction),
+        **preprocess.Preprocessing.from_config(config).to_metadata(),
         "class_names": list(CLASS_NAMES),
     }
+
+
+def _input_dtype(metadata: dict[str, Any]) -> np.dtype:
+    """uint8 images for Pillow's preprocessing, float32 in [0, 1] for the release's."""
+    return preprocess.Preprocessing.from_metadata(metadata).input_dtype
 
 
 # ----------------------------------------------------------------------------- TensorFlow
@@ -333,13 +338,42 @@ def _variable_key(name: str) -> str:
     return name.replace("/", ".")  # checkpoint keys of tracked dicts must not contain "/"
 
 
-def _images_spec(size: int):
-    return _tf().TensorSpec([None, size, size, 3], _tf().uint8, "images")
+def _images_spec(metadata: dict[str, Any]):
+    tf = _tf()
+    size = metadata["image_size"]
+    return tf.TensorSpec([None, size, size, 3], tf.as_dtype(_input_dtype(metadata)), "images")
+
+
+def tf1_release_preprocess(data, size: int, central_fraction: float):
+    """The release graph's own preprocessing of one encoded image: float32 [size, size, 3].
+
+    Graph: DecodeJpeg (channels 3, dct_method "", fancy upscaling) -> convert_image_dtype ->
+    resize_image_with_crop_or_pad to the central min(height, width) square -> ResizeBilinear
+    (align_corners False, legacy pixel centres). Non-JPEG files, which the release refuses, are
+    decoded with decode_image. `preprocess.tf1_center_crop_and_resize` is the numpy twin.
+    """
+    tf = _tf()
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
+    image = tf.image.convert_image_dtype(tf.ensure_shape(image, [None, None, 3]), tf.float32)
+    shape = tf.shape(image)
+    side = tf.cast(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * central_fraction, tf.int32)
+    side = tf.maximum(side, 1)
+    top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
+    square = image[top : top + side, left : left + side]
+    resized = tf.raw_ops.ResizeBilinear(
+        images=square[None], size=[size, size], align_corners=False, half_pixel_centers=False
+    )
+    return resized[0]
 
 
 def _make_tf_module(network: Network, metadata: dict[str, Any]):
     tf = _tf()
     size = metadata["image_size"]
+    dtype = _input_dtype(metadata)
 
     class MarcoModule(tf.Module):
         """The network with its weights as variables, and the two serving signatures."""
@@ -356,9 +390,16 @@ def _make_tf_module(network: Network, metadata: dict[str, Any]):
             self.logits_kernel = tf.Variable(network.logits_kernel, trainable=False)
             self.logits_bias = tf.Variable(network.logits_bias, trainable=False)
             self.class_names = tf.constant(metadata["class_names"])
+            # Our classes under the release's names, for the drop-in `serving_default`.
+            self.release_names = tf.constant(
+                [RELEASE_CLASS_NAMES[i] for i in RELEASE_INDEX_OF_OURS]
+            )
 
         def probabilities(self, images):
-            x = tf.cast(images, tf.float32) / 255.0 * 2.0 - 1.0  # augment.to_model_input
+            x = tf.cast(images, tf.float32)
+            if images.dtype == tf.uint8:  # augment.to_model_input
+                x = x / 255.0
+            x = x * 2.0 - 1.0
             x = _apply(network.steps, x, _TFBuilder(self.weights))
             x = tf.reduce_mean(x, axis=[1, 2])
             return tf.nn.softmax(tf.matmul(x, self.logits_kernel) + self.logits_bias)
@@ -368,7 +409,7 @@ def _make_tf_module(network: Network, metadata: dict[str, Any]):
             classes = tf.tile(self.class_names[None], [tf.shape(scores)[0], 1])
             return {"scores": scores, "classes": classes}
 
-        @tf.function(input_signature=[_images_spec(size)], autograph=False)
+        @tf.function(input_signature=[_images_spec(metadata)], autograph=False)
         def serve_images(self, images):
             return self._outputs(images)
 
@@ -376,14 +417,26 @@ def _make_tf_module(network: Network, metadata: dict[str, Any]):
             input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")], autograph=False
         )
         def serve_bytes(self, image_bytes):
+            """The release's contract: `classes` and `scores` [N, 4], sorted best first, with
+            the release's class names (graph: TopKV2 over the softmax, `index_to_string`)."""
+            fraction = metadata["central_fraction"]
+
+            def preprocess_one(data):
+                if metadata.get("resize_method") == "tf1_bilinear":
+                    return tf1_release_preprocess(data, size, fraction)
+                return tf_center_crop_and_resize(tf_decode_image(data), size, fraction)
+
             images = tf.map_fn(
-                lambda data: tf_center_crop_and_resize(
-                    tf_decode_image(data), size, metadata["central_fraction"]
-                ),
+                preprocess_one,
                 image_bytes,
-                fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
+                fn_output_signature=tf.TensorSpec([size, size, 3], tf.as_dtype(dtype)),
             )
-            return self.serve_images(images)  # a call: the network is traced and saved once
+            scores = self.serve_images(images)["scores"]  # a call: the network is saved once
+            top = tf.math.top_k(scores, k=len(CLASS_NAMES))
+            return {
+                "classes": tf.gather(self.release_names, top.indices),
+                "scores": top.values,
+            }
 
     return MarcoModule()
 
@@ -439,7 +492,7 @@ def _save_tflite(network: Network, metadata: dict[str, Any], path: pathlib.Path)
     # TFLite has no use for the class-name strings.
     scores = tf.function(
         lambda images: {"scores": module.probabilities(images)},
-        input_signature=[_images_spec(metadata["image_size"])],
+        input_signature=[_images_spec(metadata)],
         autograph=False,
     )
     function = scores.get_concrete_function()
@@ -532,8 +585,12 @@ def onnx_model(network: Network, metadata: dict[str, Any]):
 
     size = metadata["image_size"]
     b = _OnnxBuilder()
-    x = b.node("Cast", ["images"], "Preprocess", to=TensorProto.FLOAT)
-    x = b.node("Div", [x, b.constant("c255", np.float32(255.0))], "Preprocess")
+    uint8_input = _input_dtype(metadata) == np.uint8
+    if uint8_input:
+        x = b.node("Cast", ["images"], "Preprocess", to=TensorProto.FLOAT)
+        x = b.node("Div", [x, b.constant("c255", np.float32(255.0))], "Preprocess")
+    else:
+        x = "images"
     x = b.node("Mul", [x, b.constant("c2", np.float32(2.0))], "Preprocess")
     x = b.node("Sub", [x, b.constant("c1", np.float32(1.0))], "Preprocess")
     x = b.node("Transpose", [x], "Preprocess", perm=[0, 3, 1, 2])
@@ -555,7 +612,13 @@ def onnx_model(network: Network, metadata: dict[str, Any]):
     graph = helper.make_graph(
         b.nodes,
         "marco",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", size, size, 3])],
+        [
+            helper.make_tensor_value_info(
+                "images",
+                TensorProto.UINT8 if uint8_input else TensorProto.FLOAT,
+                ["batch", size, size, 3],
+            )
+        ],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", len(CLASS_NAMES)])],
         b.initializers,
     )
@@ -602,24 +665,32 @@ def export_model(
 
 @dataclasses.dataclass(frozen=True)
 class ExportedModel:
-    """An exported model ready to score: call it with uint8 [N, S, S, 3], get [N, classes]."""
+    """An exported model ready to score: call it with [N, S, S, 3] images as its
+    `preprocessing.eval_transform` makes them (uint8, or float32 in [0, 1]); get [N, classes]."""
 
     path: str
     format: str
-    image_size: int
-    central_fraction: float
+    preprocessing: preprocess.Preprocessing
     class_names: tuple[str, ...]
     provenance: dict[str, Any]  # where the weights came from (workdir, step, ema/raw), if known
     predict: Callable[[np.ndarray], np.ndarray]
 
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    @property
+    def central_fraction(self) -> float:
+        return self.preprocessing.central_fraction
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
-        expected = (self.image_size, self.image_size, 3)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+        size, dtype = self.image_size, self.preprocessing.input_dtype
+        if images.dtype != dtype or images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(
-                f"{self.path} takes uint8 images [batch, {self.image_size}, {self.image_size}, "
-                f"3], got {images.dtype} {images.shape}; resize with "
-                "preprocess.center_crop_and_resize first."
+                f"{self.path} takes {dtype} images [batch, {size}, {size}, 3], got "
+                f"{images.dtype} {images.shape}; make them with its "
+                "preprocessing.eval_transform first."
             )
         return self.predict(np.ascontiguousarray(images))
 
@@ -715,8 +786,7 @@ def load_exported(path: str | os.PathLike, num_threads: int | None = None) -> Ex
     return ExportedModel(
         path=str(path),
         format=fmt,
-        image_size=int(metadata["image_size"]),
-        central_fraction=float(metadata["central_fraction"]),
+        preprocessing=preprocess.Preprocessing.from_metadata(metadata),
         class_names=tuple(metadata["class_names"]),
         provenance=metadata.get("provenance", {}),
         predict=predict,

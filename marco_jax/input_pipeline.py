@@ -40,10 +40,10 @@ def _check_shard(process_index: int, process_count: int) -> None:
         raise ValueError(f"process_index={process_index} must lie in [0, {process_count}).")
 
 
-def _decode_record(record: dict[str, Any]) -> preprocess.ImageLike:
+def _decode_record(record: dict[str, Any], jpeg_dct: str) -> preprocess.ImageLike:
     """Decodes record["image"], naming the record's file in the error if it is not an image."""
     try:
-        return preprocess.decode(record["image"])
+        return preprocess.decode(record["image"], jpeg_dct)
     except ValueError as e:
         name = record.get("filename", b"<no filename>")
         name = name.decode() if isinstance(name, bytes) else str(name)
@@ -51,11 +51,11 @@ def _decode_record(record: dict[str, Any]) -> preprocess.ImageLike:
 
 
 def _train_example(
-    item: tuple[int, dict[str, Any]], seed: int, **transform_kwargs: Any
+    item: tuple[int, dict[str, Any]], seed: int, jpeg_dct: str, **transform_kwargs: Any
 ) -> dict[str, np.ndarray]:
     position, record = item
     rng = np.random.default_rng([seed, position])
-    image = preprocess.train_transform(_decode_record(record), rng, **transform_kwargs)
+    image = preprocess.train_transform(_decode_record(record, jpeg_dct), rng, **transform_kwargs)
     return {"image": image, "label": np.int32(record["label"])}
 
 
@@ -109,11 +109,14 @@ def create_train_dataset(
     if len(source) == 0:
         raise ValueError("The training source is empty.")
     stream = grain.MapDataset.source(source).shuffle(seed=config.input.shuffle_seed).repeat()
+    preprocessing = preprocess.Preprocessing.from_config(config)
     transform = functools.partial(
         _train_example,
         seed=seed,
-        size=config.model.image_size,
-        central_fraction=config.input.central_fraction,
+        jpeg_dct=preprocessing.jpeg_dct,
+        size=preprocessing.image_size,
+        central_fraction=preprocessing.central_fraction,
+        resize_method=preprocessing.resize_method,
         flip_left_right_prob=config.input.flip_left_right_prob,
         flip_up_down_prob=config.input.flip_up_down_prob,
         random_rot90=config.input.random_rot90,
@@ -157,19 +160,20 @@ class _PaddedEvalShard(Sequence):
 
 
 def _eval_example(
-    indexed_record: tuple[int, dict[str, Any] | None], *, size: int, central_fraction: float
+    indexed_record: tuple[int, dict[str, Any] | None], *, preprocessing: preprocess.Preprocessing
 ) -> dict[str, np.ndarray]:
     index, record = indexed_record
     if record is None:
+        size = preprocessing.image_size
         return {
-            "image": np.zeros((size, size, 3), np.uint8),
+            "image": np.zeros((size, size, 3), preprocessing.input_dtype),
             "label": np.int32(0),
             "mask": np.bool_(False),
             "index": np.int64(-1),
         }
-    image = _decode_record(record)
+    image = _decode_record(record, preprocessing.jpeg_dct)
     return {
-        "image": preprocess.center_crop_and_resize(image, size, central_fraction),
+        "image": preprocessing.eval_transform(image),
         "label": np.int32(record["label"]),
         "mask": np.bool_(True),
         "index": np.int64(index),
@@ -196,9 +200,7 @@ def create_eval_dataset(
     num_batches = math.ceil(math.ceil(len(source) / process_count) / local_batch)
     shard = _PaddedEvalShard(source, process_index, process_count, num_batches * local_batch)
     transform = functools.partial(
-        _eval_example,
-        size=config.model.image_size,
-        central_fraction=config.input.central_fraction,
+        _eval_example, preprocessing=preprocess.Preprocessing.from_config(config)
     )
     ds = grain.MapDataset.source(shard).map(transform).batch(local_batch, drop_remainder=True)
     return _prefetch(config, ds)

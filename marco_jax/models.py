@@ -11,6 +11,7 @@ caps the depth of every convolution inside the layers of Table 3; both come from
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import jax
@@ -179,21 +180,52 @@ def he_truncated_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32)
     return jnp.asarray(values * np.sqrt(2.0 / fan_in) / 0.87962566103423978, dtype)
 
 
+DEPTH_TABLES = pathlib.Path(__file__).with_name("depth_tables")
+
+
+def load_depth_table(name: str) -> dict[str, int]:
+    """A per-layer depth table: `depth_tables/<name>.tsv` of this package, or a .tsv path.
+
+    Rows are `scope<TAB>depth` with TF-slim scopes (`Mixed_6a/Branch_0/Conv2d_1a_1x1`); `#` lines
+    are comments. `marco_release` is the released MARCO model's, read off its graph.
+    """
+    path = pathlib.Path(name) if name.endswith(".tsv") else DEPTH_TABLES / f"{name}.tsv"
+    if not path.is_file():
+        known = sorted(p.stem for p in DEPTH_TABLES.glob("*.tsv"))
+        raise ValueError(
+            f"config.model.depth_table={name!r}: no such table; use one of {known} or a .tsv path."
+        )
+    table = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#") or not line.strip() or line.startswith("scope\t"):
+            continue
+        scope, depth = line.split("\t")
+        table[scope] = int(depth)
+    return table
+
+
 @dataclasses.dataclass(frozen=True)
 class DepthRule:
-    """TF-slim's depth function, with the per-layer caps of the paper's Table 3.
+    """TF-slim's depth function over a nominal depth, from a per-layer table or Table 3's caps.
 
-    The cap applies to the nominal depth before the multiplier, so a tiny test model
-    (depth_multiplier 0.1) keeps the MARCO variant's proportions.
+    A layer listed in `table` (by full scope) takes the table's depth; any other takes its
+    nominal TF-slim depth, capped by `caps` (keyed by block or stem layer, paper Table 3). The
+    multiplier applies last, so a tiny test model (depth_multiplier 0.1) keeps the proportions
+    of the full one.
     """
 
     multiplier: float = 1.0
     min_depth: int = 16
     caps: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    table: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
-    def __call__(self, depth: int, layer: str) -> int:
-        capped = min(depth, self.caps.get(layer, depth))
-        return max(int(capped * self.multiplier), self.min_depth)
+    def __call__(self, depth: int, scope: str) -> int:
+        if scope in self.table:
+            depth = self.table[scope]
+        else:
+            block = scope.split("/")[0]
+            depth = min(depth, self.caps.get(block, depth))
+        return max(int(depth * self.multiplier), self.min_depth)
 
 
 class ConvBN(nnx.Module):
@@ -248,16 +280,16 @@ def _pool(x: jax.Array, spec: Pool) -> jax.Array:
 class Chain(nnx.Module):
     """Layers applied in order; forks concatenate their convs. Attributes carry the slim names."""
 
-    def __init__(self, layers: Sequence[Layer], in_features: int, make_conv):
+    def __init__(self, layers: Sequence[Layer], in_features: int, make_conv, scope: str):
         self.layers = tuple(layers)
         features = in_features
         for layer in self.layers:
             if isinstance(layer, Conv):
-                setattr(self, layer.name, make_conv(features, layer))
+                setattr(self, layer.name, make_conv(features, layer, f"{scope}/{layer.name}"))
                 features = getattr(self, layer.name).conv.out_features
             elif isinstance(layer, Fork):
                 for conv in layer.convs:
-                    setattr(self, conv.name, make_conv(features, conv))
+                    setattr(self, conv.name, make_conv(features, conv, f"{scope}/{conv.name}"))
                 features = sum(getattr(self, conv.name).conv.out_features for conv in layer.convs)
         self.out_features = features
 
@@ -281,10 +313,10 @@ class Chain(nnx.Module):
 class Mixed(nnx.Module):
     """An Inception block: branches on the same input, concatenated along channels."""
 
-    def __init__(self, branches: Sequence[Branch], in_features: int, make_conv):
+    def __init__(self, branches: Sequence[Branch], in_features: int, make_conv, scope: str):
         self.branch_names = tuple(f"Branch_{i}" for i in range(len(branches)))
         for name, layers in zip(self.branch_names, branches, strict=True):
-            setattr(self, name, Chain(layers, in_features, make_conv))
+            setattr(self, name, Chain(layers, in_features, make_conv, f"{scope}/{name}"))
         self.out_features = sum(getattr(self, n).out_features for n in self.branch_names)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -306,10 +338,14 @@ class AuxLogits(nnx.Module):
         self.pool_window = min(5, map_size)
         pooled = (map_size - self.pool_window) // 3 + 1
         kernel = min(5, pooled)
-        self.Conv2d_1b_1x1 = make_conv(in_features, _c("Conv2d_1b_1x1", 128, 1))
+        self.Conv2d_1b_1x1 = make_conv(
+            in_features, _c("Conv2d_1b_1x1", 128, 1), "AuxLogits/Conv2d_1b_1x1"
+        )
+        name = f"Conv2d_2a_{kernel}x{kernel}"
         self.Conv2d_2a = make_conv(
             self.Conv2d_1b_1x1.conv.out_features,
-            _c(f"Conv2d_2a_{kernel}x{kernel}", 768, kernel, padding="VALID"),
+            _c(name, 768, kernel, padding="VALID"),
+            f"AuxLogits/{name}",
         )
         self.Conv2d_2b_1x1 = nnx.Conv(
             self.Conv2d_2a.conv.out_features,
@@ -349,10 +385,8 @@ class InceptionV3(nnx.Module):
     ):
         bn = dict(batch_norm or {"momentum": 0.9997, "epsilon": 1e-3})
 
-        def make_conv(in_features: int, spec: Conv, block: str = ""):
-            return ConvBN(
-                in_features, spec, depth_rule(spec.depth, block or spec.name), bn, dtype, rngs
-            )
+        def make_conv(in_features: int, spec: Conv, scope: str):
+            return ConvBN(in_features, spec, depth_rule(spec.depth, scope), bn, dtype, rngs)
 
         extra = (
             (_c("Conv2d_0a_3x3", stem_conv_depth, 3, stride=2, padding="VALID"),)
@@ -364,7 +398,7 @@ class InceptionV3(nnx.Module):
         for layer in self.stem:
             size = _output_size(size, layer)
             if isinstance(layer, Conv):
-                setattr(self, layer.name, make_conv(features, layer))
+                setattr(self, layer.name, make_conv(features, layer, layer.name))
                 features = getattr(self, layer.name).conv.out_features
         if size < MIN_SIZE_AT_MIXED_5B:
             raise ValueError(
@@ -373,15 +407,13 @@ class InceptionV3(nnx.Module):
                 f"{min_image_size(stem_conv_depth > 0)} px."
             )
         for name, branches in MIXED_BLOCKS:
-            block = Mixed(branches, features, lambda f, s, n=name: make_conv(f, s, n))
+            block = Mixed(branches, features, make_conv, name)
             setattr(self, name, block)
             features = block.out_features
             if name == "Mixed_6a":
                 size = (size - 3) // 2 + 1
             if name == "Mixed_6e" and aux_logits:
-                self.AuxLogits = AuxLogits(
-                    features, size, num_classes, lambda f, s: make_conv(f, s, "AuxLogits"), rngs
-                )
+                self.AuxLogits = AuxLogits(features, size, num_classes, make_conv, rngs)
         self.has_aux = aux_logits
         self.dropout = nnx.Dropout(dropout_rate) if dropout_rate > 0 else None
         self.Logits = nnx.Conv(features, num_classes, (1, 1), param_dtype=jnp.float32, rngs=rngs)
@@ -414,29 +446,51 @@ class InceptionV3(nnx.Module):
                 yield layer.name, getattr(self, layer.name)
         for name, _ in MIXED_BLOCKS:
             yield from getattr(self, name).conv_layers(name)
+        if self.has_aux:  # the release's graph creates the auxiliary head's variables last
+            for layer in (self.AuxLogits.Conv2d_1b_1x1, self.AuxLogits.Conv2d_2a):
+                yield f"AuxLogits/{layer.spec.name}", layer
 
 
 def _depth_rule(model_config: ml_collections.ConfigDict) -> DepthRule:
-    unknown = (
-        set(model_config.depth_caps)
-        - {name for name, _ in MIXED_BLOCKS}
-        - {layer.name for layer in STEM}
-    )
+    known_blocks = {name for name, _ in MIXED_BLOCKS} | {layer.name for layer in STEM}
+    unknown = set(model_config.depth_caps) - known_blocks - {"AuxLogits"}
     if unknown:
         raise ValueError(
             f"config.model.depth_caps names unknown layers {sorted(unknown)}; valid names are the "
             "TF-slim scopes, e.g. Conv2d_4a_3x3 or Mixed_6b (paper Table 3)."
         )
+    table = load_depth_table(model_config.depth_table) if model_config.depth_table else {}
     return DepthRule(
-        model_config.depth_multiplier, model_config.min_depth, dict(model_config.depth_caps)
+        model_config.depth_multiplier, model_config.min_depth, dict(model_config.depth_caps), table
     )
+
+
+def _check_table_scopes(model: InceptionV3, table: Mapping[str, int], table_name: str) -> None:
+    """Every scope of a depth table must name a layer: a typo would silently keep a default.
+
+    Scopes of the auxiliary head are exempt when the head is off, and its 5x5 conv always (it is
+    named after its kernel, which shrinks on small inputs).
+    """
+    scopes = {scope for scope, _ in model.iter_conv_layers()}
+    unknown = {
+        scope
+        for scope in set(table) - scopes
+        if not scope.startswith("AuxLogits/Conv2d_2a_")
+        and (model.has_aux or not scope.startswith("AuxLogits/"))
+    }
+    if unknown:
+        raise ValueError(
+            f"config.model.depth_table={table_name!r} names layers this network does not have: "
+            f"{sorted(unknown)[:5]}; check the table against models.STEM and MIXED_BLOCKS."
+        )
 
 
 def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs | int = 0) -> InceptionV3:
     """Builds the network that `config.model` describes.
 
-    `marco_inception_v3` is the paper's variant (extra stem conv, Table 3 caps); `inception_v3` is
-    the standard network from the same code, ignoring `stem_conv_depth` and `depth_caps`.
+    `marco_inception_v3` is the paper's variant (extra stem conv; the release's per-layer depth
+    table, or Table 3's caps); `inception_v3` is the standard network from the same code,
+    ignoring `stem_conv_depth`, `depth_table` and `depth_caps`.
     """
     model_config = config.model
     if model_config.name not in MODEL_NAMES:
@@ -451,11 +505,13 @@ def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs | int = 0) ->
     if not marco:
         model_config = ml_collections.ConfigDict(model_config.to_dict())
         model_config.depth_caps = {}
-    return InceptionV3(
+        model_config.depth_table = ""
+    depth_rule = _depth_rule(model_config)
+    model = InceptionV3(
         num_classes=model_config.num_classes,
         image_size=model_config.image_size,
         stem_conv_depth=model_config.stem_conv_depth if marco else 0,
-        depth_rule=_depth_rule(model_config),
+        depth_rule=depth_rule,
         dropout_rate=model_config.dropout_rate,
         aux_logits=model_config.aux_logits,
         batch_norm={
@@ -465,3 +521,5 @@ def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs | int = 0) ->
         dtype=jnp.dtype(model_config.compute_dtype),
         rngs=rngs if isinstance(rngs, nnx.Rngs) else nnx.Rngs(rngs),
     )
+    _check_table_scopes(model, depth_rule.table, model_config.depth_table)
+    return model

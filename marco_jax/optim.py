@@ -100,13 +100,19 @@ def create_optimizer(
 
     `config.optimizer.weight_decay > 0` adds decoupled weight decay on kernels
     (var -= lr_t * weight_decay * var each step, outside the RMS scaling and the momentum, as in
-    Loshchilov & Hutter's AdamW). It is off by default because the paper does not mention any; it
-    is not numerically interchangeable with slim's coupled L2 loss. No gradient clipping: the paper
-    uses none.
+    Loshchilov & Hutter's AdamW). It is not numerically interchangeable with slim's coupled L2 loss.
+
+    `config.optimizer.l2_regularization > 0` is that coupled L2 loss: the release's graph has an
+    `L2Loss` times 4e-5 on every kernel (slim's `weights_regularizer`), whose gradient l2 * w joins
+    the loss gradient before RMSProp scales it; adding l2 * w to the gradient is the same update
+    without materialising the loss term. No gradient clipping: the paper uses none.
     """
     opt = config.optimizer
     if opt.weight_decay < 0:
         raise ValueError(f"config.optimizer.weight_decay={opt.weight_decay} must be >= 0.")
+    l2 = float(opt.get("l2_regularization", 0.0))
+    if l2 < 0:
+        raise ValueError(f"config.optimizer.l2_regularization={l2} must be >= 0.")
     schedule = learning_rate_schedule(config, steps_per_epoch)
     rmsprop = optax.rmsprop(
         learning_rate=schedule,
@@ -116,16 +122,17 @@ def create_optimizer(
         eps_in_sqrt=True,
         momentum=opt.momentum,
     )
-    if opt.weight_decay == 0:
-        return rmsprop
-    weight_decay = float(opt.weight_decay)
-    # Added to the update after the momentum, so the parameter moves by -lr_t * wd * var.
-    return optax.chain(
-        rmsprop,
-        optax.add_decayed_weights(
-            weight_decay=lambda step: -weight_decay * schedule(step), mask=_is_kernel
-        ),
-    )
+    stages = [optax.add_decayed_weights(l2, mask=_is_kernel)] if l2 > 0 else []
+    stages.append(rmsprop)
+    if opt.weight_decay > 0:
+        weight_decay = float(opt.weight_decay)
+        # Added to the update after the momentum, so the parameter moves by -lr_t * wd * var.
+        stages.append(
+            optax.add_decayed_weights(
+                weight_decay=lambda step: -weight_decay * schedule(step), mask=_is_kernel
+            )
+        )
+    return stages[0] if len(stages) == 1 else optax.chain(*stages)
 
 
 def ema_decay_at(step: jax.typing.ArrayLike, decay: float, warmup: bool = True) -> jax.Array:

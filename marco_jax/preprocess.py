@@ -8,18 +8,32 @@ stays here, so the host ships fixed-size uint8 patches.
 
 Both paths share one geometry so that a model sees the same pixel scale in training and at test
 time: evaluation maps a centred square of side `central_fraction * shorter side` onto `size`
-pixels; training scales the image by that same factor and cuts a random `size` x `size` patch.
-Crops and scaling are one resampling step from the source image (PIL's `resize(box=...)`), which
-costs in proportion to the output, not to the (often much larger) source photograph.
+pixels; training cuts random squares of that side. Two resamplers (`Preprocessing.resize_method`):
+- "tf1_bilinear", the release's (its graph: `resize_image_with_crop_or_pad` to the central
+  min(height, width) square, `ResizeBilinear` with align_corners=False and TF1's legacy pixel
+  centres, no antialiasing, on float [0, 1] from `convert_image_dtype`). Evaluation returns
+  float32 in [0, 1], unrounded, so an image scores as the release scores it. Written here in
+  numpy (`tf1_resize_bilinear`) because scoring must not need TensorFlow.
+- "pil_antialias", Pillow's antialiased bilinear (the Table-3 configs): one resampling step from
+  the source (PIL's `resize(box=...)`), costing in proportion to the output; uint8 output.
+Training patches are uint8 with either resampler: the photometric distortions that follow dwarf
+the rounding, and uint8 is a quarter of float32 on the host-device link.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import io
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from marco_jax import image_io
+
+RESIZE_METHODS = ("tf1_bilinear", "pil_antialias")
+JPEG_DCT_METHODS = ("fast", "accurate")
 
 # Antialiased bilinear (PIL scales the kernel when shrinking), so downscaled drops keep their fine
 # crystal edges without aliasing; used identically by the train and eval paths.
@@ -32,14 +46,17 @@ _BORDER_TOLERANCE = 1e-6  # source pixels
 ImageLike = np.ndarray | Image.Image
 
 
-def decode(data: bytes) -> Image.Image:
-    """Decodes encoded image bytes (JPEG, PNG, BMP, TIFF, ...) to an RGB PIL image.
+def decode(data: bytes, jpeg_dct: str = "accurate") -> ImageLike:
+    """Decodes encoded image bytes (JPEG, PNG, BMP, TIFF, ...) to an RGB image.
 
     Modes (grayscale, palette, RGBA, 16-bit, ...) and the EXIF orientation are handled by
     `image_io`'s rules, so that a photograph gives the same pixels in training, evaluation and
-    `classify`; plain RGB, the common case, skips the conversion copy.
+    `classify`; plain RGB, the common case, skips the conversion copy. jpeg_dct="fast" decodes a
+    JPEG with libjpeg's fast integer DCT, as the release's DecodeJpeg does (`image_io.decode_jpeg`).
     """
     try:
+        if jpeg_dct == "fast" and bytes(data[:3]) == b"\xff\xd8\xff":  # a JPEG
+            return image_io.decode_jpeg(data, fast_dct=True)
         image = Image.open(io.BytesIO(data))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
@@ -54,9 +71,9 @@ def decode(data: bytes) -> Image.Image:
         ) from e
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, jpeg_dct: str = "accurate") -> np.ndarray:
     """Decodes encoded image bytes to RGB uint8 [H, W, 3] (see `decode`)."""
-    return np.asarray(decode(data))
+    return np.asarray(decode(data, jpeg_dct))
 
 
 def eval_scale(height: int, width: int, size: int, central_fraction: float) -> float:
@@ -155,9 +172,17 @@ def train_transform(
     flip_left_right_prob: float,
     flip_up_down_prob: float,
     random_rot90: bool,
+    resize_method: str = "pil_antialias",
 ) -> np.ndarray:
-    """The host part of training augmentation: random patch at the eval scale, then flips."""
-    patch = random_crop(image, rng, size, central_fraction)
+    """The host part of training augmentation: random patch at the eval scale, then flips.
+
+    resize_method: as `Preprocessing.resize_method`, so the patches are resampled as the
+    evaluation images are.
+    """
+    if resize_method == "tf1_bilinear":
+        patch = tf1_random_crop(image, rng, size, central_fraction)
+    else:
+        patch = random_crop(image, rng, size, central_fraction)
     return random_flips_and_rotation(
         patch,
         rng,
@@ -165,3 +190,144 @@ def train_transform(
         flip_up_down_prob=flip_up_down_prob,
         random_rot90=random_rot90,
     )
+
+
+# ----------------------------------------------------------------------------- TF1's resampler
+
+
+def _legacy_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TF1 ResizeBilinear's source taps along one axis (resize_bilinear_op.cc, LegacyScaler):
+    in = i * (in_size / out_size) in float32, lower = floor(in), upper = min(ceil(in), in - 1)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = np.arange(out_size, dtype=np.float32) * scale
+    lower = np.floor(position)
+    upper = np.minimum(np.ceil(position), in_size - 1).astype(np.int64)
+    return lower.astype(np.int64), upper, (position - lower).astype(np.float32)
+
+
+def tf1_resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """`tf.compat.v1.image.resize_bilinear(align_corners=False)` of one float32 [H, W, C] image to
+    size x size, with TF's float32 arithmetic and order (top/bottom rows lerped along x, then y)."""
+    top, bottom, y_lerp = _legacy_taps(size, image.shape[0])
+    left, right, x_lerp = _legacy_taps(size, image.shape[1])
+    x_lerp = x_lerp[None, :, None]
+
+    def along_x(rows: np.ndarray) -> np.ndarray:
+        return rows[:, left] + (rows[:, right] - rows[:, left]) * x_lerp
+
+    upper, lower = along_x(image[top]), along_x(image[bottom])
+    return upper + (lower - upper) * y_lerp[:, None, None]
+
+
+def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """`tf.image.convert_image_dtype(uint8 -> float32)`: a multiplication by float32(1 / 255)."""
+    return pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def _tf1_square_side(height: int, width: int, central_fraction: float) -> int:
+    if not 0.0 < central_fraction <= 1.0:
+        raise ValueError(
+            f"central_fraction={central_fraction}: the tf1_bilinear resize crops integer squares "
+            "inside the image, so it needs 0 < central_fraction <= 1 (the release uses 1.0)."
+        )
+    if height < 1 or width < 1:
+        raise ValueError(f"Cannot preprocess an empty image of shape {height}x{width}.")
+    return max(1, int(central_fraction * min(height, width)))
+
+
+def tf1_crop_and_resize(image: ImageLike, top: int, left: int, side: int, size: int) -> np.ndarray:
+    """The square [top, top+side) x [left, left+side) as float [0, 1], TF1-resized to size."""
+    square = np.asarray(image)[top : top + side, left : left + side]
+    return tf1_resize_bilinear(_to_unit_float(square), size)
+
+
+def tf1_center_crop_and_resize(image: ImageLike, size: int, central_fraction: float) -> np.ndarray:
+    """The release's evaluation transform: float32 [size, size, 3] in [0, 1].
+
+    With central_fraction 1.0 this is the graph's `resize_image_with_crop_or_pad` to the central
+    min(height, width) square (offsets (extent - side) // 2), then its `ResizeBilinear`.
+    """
+    height, width = _height_width(image)
+    side = _tf1_square_side(height, width, central_fraction)
+    return tf1_crop_and_resize(image, (height - side) // 2, (width - side) // 2, side, size)
+
+
+def tf1_random_crop(
+    image: ImageLike, rng: np.random.Generator, size: int, central_fraction: float
+) -> np.ndarray:
+    """A uniformly placed square of the evaluation side, TF1-resized, as uint8 for training."""
+    height, width = _height_width(image)
+    side = _tf1_square_side(height, width, central_fraction)
+    top = int(rng.integers(height - side + 1))
+    left = int(rng.integers(width - side + 1))
+    patch = tf1_crop_and_resize(image, top, left, side, size)
+    return np.clip(np.rint(patch * 255.0), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- the choice
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input; recorded in exports so scoring repeats it.
+
+    `eval_transform` returns what the model takes: float32 [S, S, 3] in [0, 1] for
+    "tf1_bilinear", uint8 for "pil_antialias" (`augment.to_model_input` maps both to [-1, 1]).
+    """
+
+    image_size: int
+    central_fraction: float
+    resize_method: str = "pil_antialias"
+    jpeg_dct: str = "accurate"
+
+    def __post_init__(self):
+        if self.resize_method not in RESIZE_METHODS:
+            raise ValueError(
+                f"resize_method={self.resize_method!r}: use one of {RESIZE_METHODS} "
+                "(config.input.resize_method)."
+            )
+        if self.jpeg_dct not in JPEG_DCT_METHODS:
+            raise ValueError(
+                f"jpeg_dct={self.jpeg_dct!r}: use one of {JPEG_DCT_METHODS} "
+                "(config.input.jpeg_dct)."
+            )
+        if self.resize_method == "tf1_bilinear":
+            _tf1_square_side(1, 1, self.central_fraction)  # validates the fraction
+        elif self.central_fraction <= 0:
+            raise ValueError(f"central_fraction must be > 0, got {self.central_fraction}.")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Preprocessing:
+        """From a run's config; configs older than the choice used Pillow and the accurate DCT."""
+        inp = config.input
+        return cls(
+            int(config.model.image_size),
+            float(inp.central_fraction),
+            inp.get("resize_method", "pil_antialias"),
+            inp.get("jpeg_dct", "accurate"),
+        )
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> Preprocessing:
+        return cls(
+            int(metadata["image_size"]),
+            float(metadata["central_fraction"]),
+            metadata.get("resize_method", "pil_antialias"),
+            metadata.get("jpeg_dct", "accurate"),
+        )
+
+    def to_metadata(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(np.float32 if self.resize_method == "tf1_bilinear" else np.uint8)
+
+    def decode(self, data: bytes) -> ImageLike:
+        return decode(data, self.jpeg_dct)
+
+    def eval_transform(self, image: ImageLike) -> np.ndarray:
+        if self.resize_method == "tf1_bilinear":
+            return tf1_center_crop_and_resize(image, self.image_size, self.central_fraction)
+        return center_crop_and_resize(image, self.image_size, self.central_fraction)
+

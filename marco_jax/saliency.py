@@ -91,14 +91,18 @@ def smoothgrad(
     mode: str = "squared",
     sample_batch_size: int = DEFAULT_SAMPLE_BATCH_SIZE,
 ) -> np.ndarray:
-    """The SmoothGrad map [H, W] (float32, >= 0) of `class_index` for one uint8 image [H, W, 3]
-    at the model's input size (see the module docstring). The same seed gives the same map.
+    """The SmoothGrad map [H, W] (float32, >= 0) of `class_index` for one image [H, W, 3] at the
+    model's input size, uint8 or float in [0, 1] as the preprocessing made it (see the module
+    docstring). The same seed gives the same map.
 
     `model` is any NNX module called as `model(images in [-1, 1], train=False) -> logits`.
     """
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}.")
+    usable = image.dtype == np.uint8 or np.issubdtype(image.dtype, np.floating)
+    if not usable or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(
+            f"image must be uint8 or float [H, W, 3], got {image.dtype} {image.shape}."
+        )
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if num_samples < 1 or sample_batch_size < 1:

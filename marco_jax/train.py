@@ -20,7 +20,16 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx, struct
 
-from marco_jax import augment, checkpoints, evaluation, input_pipeline, models, optim, parallel
+from marco_jax import (
+    augment,
+    checkpoints,
+    evaluation,
+    input_pipeline,
+    models,
+    optim,
+    parallel,
+    warm_start,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -162,6 +171,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_divisible(config.input.global_batch_size, "global_batch_size")
     parallel.check_divisible(config.input.eval_batch_size, "eval_batch_size")
     model = models.create_model(config, rngs=config.seed)
+    if config.get("init_from"):  # fine-tuning; a resumed run's checkpoint overrides it below
+        fresh = warm_start.load_into(model, config)
+        logging.info("Initialised from %s; fresh: %s.", config.init_from, fresh or "nothing")
     train_source = input_pipeline.open_tfds_source(config, config.dataset.train_split)
     eval_source = input_pipeline.open_tfds_source(config, config.dataset.eval_split)
     steps_per_epoch = max(1, len(train_source) // config.input.global_batch_size)

@@ -1,0 +1,102 @@
+"""Imports the released MARCO model as a marco_jax workdir.
+
+  python -m marco_jax.import_release --savedmodel DIR --workdir OUT [--config configs/default.py]
+
+DIR is the unzipped release (`savedmodel.zip`, the paper's ref. 47): saved_model.pb and
+variables/. OUT becomes a workdir like a training run's: config.json (the release's config,
+configs/default.py), one checkpoint (step 0) whose weights and EMA weights are the release's
+values, and release.json (which release: its graph's sha256 and global step). `classify
+--checkpoint`, `evaluate`, `export` and `relabel` read it as they read a run, and training starts
+from it with `--config.init_from=OUT` (or straight from DIR).
+
+Exit codes: 0 imported; 2 wrong input (DIR is not the release, a variable is missing or has
+another shape, OUT already holds a run), named in one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import flags
+from etils import epath
+from ml_collections import config_flags
+
+from marco_jax import checkpoints, cli, models, optim, release, train
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+PROVENANCE_FILE = "release.json"
+
+
+def import_release(
+    savedmodel: str, workdir: str, config: ml_collections.ConfigDict
+) -> dict[str, object]:
+    """Writes the workdir; returns the provenance recorded in it.
+
+    Raises:
+      cli.ArgumentError: not the release, a mismatch with `config`'s network, or a workdir that
+        already holds a run (it is never overwritten).
+    """
+    out = epath.Path(workdir)
+    if (out / checkpoints.CONFIG_FILE).exists() or (out / checkpoints.CHECKPOINT_DIR).exists():
+        raise cli.ArgumentError(
+            f"{workdir} already holds a run (config.json or checkpoints/); pass a new --workdir."
+        )
+    try:
+        values = release.read_variables(savedmodel)
+        model = models.create_model(config, rngs=config.seed)
+        release.load_into(model, values)
+    except release.ReleaseError as e:
+        raise cli.ArgumentError(f"{savedmodel}: {e}") from e
+    # The optimiser's state is fresh: the release ships no slots for RMSProp.
+    _, state = train.create_train_state(
+        model, optim.create_optimizer(config, steps_per_epoch=1), config.seed
+    )
+    provenance = release.provenance(savedmodel, values)
+    checkpoints.write_config(workdir, config)
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+    manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+    manager.save(
+        0,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            progress=ocp.args.JsonSave(
+                {"best_accuracy": -1.0, "best_step": -1, "evals_since_best": 0}
+            ),
+        ),
+        force=True,
+    )
+    manager.wait_until_finished()
+    manager.close()
+    return provenance
+
+
+def _define_flags() -> None:
+    flags.DEFINE_string("savedmodel", None, "The unzipped release: saved_model.pb + variables/.")
+    flags.DEFINE_string("workdir", None, "The workdir to write (must not hold a run yet).")
+    config_flags.DEFINE_config_file(
+        "config", str(DEFAULT_CONFIG), "Config of the release's network.", lock_config=True
+    )
+    flags.mark_flags_as_required(["savedmodel", "workdir"])
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}")
+    fv = flags.FLAGS
+    try:
+        provenance = import_release(fv.savedmodel, fv.workdir, fv.config)
+    except cli.ArgumentError as e:
+        cli.fail(str(e))
+    print(json.dumps({"workdir": fv.workdir, **provenance}))
+
+
+def run() -> None:
+    cli.run(main, _define_flags)
+
+
+if __name__ == "__main__":
+    run()
