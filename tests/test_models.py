@@ -42,6 +42,7 @@ def keras_and_ours():
             )
     config = load_config("default")
     config.model.name, config.model.num_classes, config.model.image_size = "inception_v3", 1000, 299
+    config.model.aux_logits = False  # Keras's InceptionV3 has no auxiliary head
     ours = models.create_model(config)
     load_keras_inception_v3(ours, keras_model)
     return keras_model, ours
@@ -87,16 +88,40 @@ def test_summary_command_prints_the_marco_counts_as_json():
     )  # fmt: skip
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     model = nnx.eval_shape(lambda: models.create_model(load_config("default")))
-    assert summary["params"] == _count(model, nnx.Param) > 9_000_000
-    assert summary["batch_stats"] == _count(model, nnx.BatchStat)
+    # The release's variables (shared/released_marco/saved_model.pb): weights, BatchNorm betas and
+    # the two heads' biases are trainable; moving means and variances are the statistics.
+    assert summary["params"] == _count(model, nnx.Param) == 11_451_976
+    assert summary["batch_stats"] == _count(model, nnx.BatchStat) == 24_608
     assert summary["output_shape"] == [1, 4]
-    # Inception-v3 costs ~11.5 GFLOPs at 299 px; the capped MARCO variant at 599 px a bit less.
+    # Inception-v3 costs ~11.5 GFLOPs at 299 px; the narrower MARCO variant at 599 px a bit less.
     assert 5e9 < summary["flops_per_image"] < 12e9
     assert "Mixed_7c/Branch_3/Conv2d_0b_1x1/conv/kernel" in result.stdout
 
 
-def test_marco_variant_caps_every_conv_of_table_3_layers():
+def test_default_network_takes_every_depth_from_the_release_table():
     config = load_config("default")
+    table = models.load_depth_table(config.model.depth_table)
+    model = nnx.eval_shape(lambda: models.create_model(config))
+    depths = {name: layer.conv.out_features for name, layer in model.iter_conv_layers()}
+    assert depths == table  # every layer, AuxLogits included, and nothing else
+    assert depths["Mixed_6a/Branch_0/Conv2d_1a_1x1"] == 256
+    assert model.num_features == 1056
+
+
+def test_depth_table_naming_a_missing_layer_is_rejected(tmp_path):
+    table = tmp_path / "typo.tsv"
+    table.write_text("scope\tdepth\nMixed_6b/Branch_9/Conv2d_0a_1x1\t64\n")
+    config = load_config("default")
+    config.model.depth_table = str(table)
+    with pytest.raises(ValueError, match="Branch_9"):
+        nnx.eval_shape(lambda: models.create_model(config))
+    config.model.depth_table = "no_such_table"
+    with pytest.raises(ValueError, match="marco_release"):
+        nnx.eval_shape(lambda: models.create_model(config))
+
+
+def test_marco_variant_caps_every_conv_of_table_3_layers():
+    config = load_config("table3")
     caps = config.model.depth_caps
     assert dict(caps) == {
         "Conv2d_4a_3x3": 144, "Mixed_6b": 128, "Mixed_6c": 144, "Mixed_6d": 144,

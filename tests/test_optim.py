@@ -24,7 +24,10 @@ _DTYPES = [np.float32, np.float64]
 
 
 def _paper_config():
-    return load_config(_REPO / "configs" / "default.py")
+    """The paper's optimiser alone: the release's L2 term is tested on its own below."""
+    config = load_config(_REPO / "configs" / "default.py")
+    config.optimizer.l2_regularization = 0.0
+    return config
 
 
 def _inputs(dtype):
@@ -241,6 +244,26 @@ def test_weight_decay_only_on_kernels():
     )
     for path in (("dense", "bias"), ("norm", "scale"), ("norm", "bias")):
         np.testing.assert_array_equal(updates[path[0]][path[1]][...], 0.0)
+
+
+def test_l2_regularization_is_slims_loss_gradient_through_rmsprop():
+    """The release's L2Loss x 4e-5 on kernels: RMSProp must see grad + l2 * w for kernels only."""
+    config = load_config(_REPO / "configs" / "default.py")
+    l2 = config.optimizer.l2_regularization
+    assert l2 == 4e-5
+    rng = np.random.default_rng(0)
+    params = {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32),
+              "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}  # fmt: skip
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    with_l2 = optim.create_optimizer(config, steps_per_epoch=10)
+    updates, _ = with_l2.update(grads, with_l2.init(params), params)
+    config.optimizer.l2_regularization = 0.0
+    plain = optim.create_optimizer(config, steps_per_epoch=10)
+    by_hand = {"kernel": grads["kernel"] + l2 * params["kernel"], "bias": grads["bias"]}
+    expected, _ = plain.update(by_hand, plain.init(params), params)
+    for name in params:
+        np.testing.assert_allclose(updates[name], expected[name], rtol=1e-6)
+    assert not np.allclose(updates["kernel"], plain.update(grads, plain.init(params))[0]["kernel"])
 
 
 def test_weight_decay_rejects_negative():
