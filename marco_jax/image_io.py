@@ -28,18 +28,24 @@ Decisions (the CLI documentation repeats them):
 - Images over `max_pixels` are refused from their header before decoding (decompression bombs).
 """
 
-import io
 import os
-from collections.abc import Iterator, Sequence
 
 import numpy as np
-import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Lower-case; matched case-insensitively against file names when a folder is scanned.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-# A PATH with one of these extensions is a text file listing paths, one per line.
-LIST_EXTENSIONS = (".txt", ".lst", ".list")
+from marco_jax import tiff
+from marco_jax.image_inputs import (  # noqa: F401  (re-exported: the reading API in one place)
+    IMAGE_EXTENSIONS,
+    LIST_EXTENSIONS,
+    InputListError,
+    Inputs,
+    collect_inputs,
+    is_list_name,
+    scan_folder,
+    scan_inputs,
+)
+from marco_jax.jpeg import JpegDecodeError, decode_jpeg  # noqa: F401  (re-exported)
+
 SUPPORTED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
 # Pillow's own default guard (Image.MAX_IMAGE_PIXELS, about a 1 GiB 24-bit image); drop
 # photographs are 1 to 20 megapixels.
@@ -47,7 +53,8 @@ DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_BACKGROUND = (255, 255, 255)
 
 # Pillow modes holding one unsigned 16-bit channel ("I" is Pillow's 32-bit integer mode, used
-# for signed 16-bit and 32-bit TIFFs; accepted when its values fit in 16 bits).
+# for signed 16-bit and 32-bit TIFFs; a signed 16-bit one is accepted when its values fit in
+# 0..65535, a 32-bit one is refused: its 8-bit scale would be a guess).
 _SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # File signatures of the supported formats: a file that starts like one but that Pillow cannot
 # open is damaged, not "not an image".
@@ -73,129 +80,6 @@ class ImageReadError(Exception):
         self.reason = reason
 
 
-class JpegDecodeError(ValueError):
-    """JPEG data that libjpeg-turbo reports as damaged (even only as a warning) or cannot decode;
-    `reason` is in a lab user's words, `libjpeg_message` is libjpeg's own."""
-
-    def __init__(self, reason: str, libjpeg_message: str = ""):
-        super().__init__(reason)
-        self.reason = reason
-        self.libjpeg_message = libjpeg_message
-
-
-def decode_jpeg(data: bytes, *, fast_dct: bool = False) -> np.ndarray:
-    """Decodes JPEG bytes to uint8 RGB [H, W, 3] with libjpeg-turbo (simplejpeg), strictly.
-
-    Why simplejpeg: libjpeg-turbo reports damaged scan data (a file cut short, then closed
-    with an EOI marker; a header claiming more rows than the data holds) only as a *warning*,
-    and Pillow drops warnings, so it returns the missing part as flat grey. simplejpeg's strict
-    mode raises on them. Its pixels equal Pillow's (same library, accurate DCT, fancy
-    upsampling), and it decodes faster.
-
-    fast_dct: libjpeg's IFAST integer DCT, TensorFlow's DecodeJpeg default (the released MARCO
-      graph decodes that way); False is the accurate ISLOW DCT, as Pillow decodes.
-
-    Accepted on purpose: a baseline (sequential) JPEG whose data is complete and only the final
-    EOI marker is missing (the pixels are all there), and junk bytes after the last scan
-    ("extraneous bytes before marker 0xd9"). A progressive JPEG missing its EOI is refused: its
-    last scans may be missing without any other sign.
-
-    CMYK/YCCK JPEGs are decoded (strictly) by simplejpeg to CMYK and converted to RGB with
-    Pillow's formula, Adobe-inverted as Pillow assumes, so they read as Pillow reads them. Only
-    what libjpeg-turbo calls unsupported ("Unsupported JPEG process/precision ...") is handed to
-    Pillow, whose libjpeg build may know it.
-
-    Raises:
-      JpegDecodeError: damaged or undecodable data, with the reason in words.
-    """
-    try:
-        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError as e:
-        raise _jpeg_error(str(e)) from None
-    cmyk = colorspace in ("CMYK", "YCCK")
-
-    def decode(buffer: bytes) -> np.ndarray:
-        return simplejpeg.decode_jpeg(
-            buffer,
-            colorspace="CMYK" if cmyk else "RGB",
-            fastdct=fast_dct,
-            fastupsample=False,
-            strict=True,
-        )
-
-    try:
-        pixels = decode(data)
-    except ValueError as e:
-        message = str(e)
-        if message.startswith("Unsupported"):
-            return _decode_jpeg_with_pillow(data, message)
-        if "Premature end of JPEG file" in message and not _is_progressive(data):
-            try:  # complete data with only the EOI marker missing decodes cleanly with one
-                pixels = decode(data + b"\xff\xd9")
-            except ValueError:
-                raise _jpeg_error(message) from None
-        elif "extraneous bytes before marker 0xd9" in message:
-            pixels = simplejpeg.decode_jpeg(  # every scan was read before the junk
-                data, colorspace="CMYK" if cmyk else "RGB", fastdct=fast_dct,
-                fastupsample=False, strict=False,
-            )  # fmt: skip
-        else:
-            raise _jpeg_error(message) from None
-    if cmyk:  # Pillow's CMYK -> RGB, on the inverted samples Pillow's JPEG reader would give
-        return np.asarray(Image.fromarray(255 - pixels, mode="CMYK").convert("RGB"))
-    return pixels
-
-
-def _jpeg_error(message: str) -> JpegDecodeError:
-    lowered = message.lower()
-    if "premature end of jpeg file" in lowered:
-        reason = "truncated image data (the file is incomplete)"
-    elif "premature end of data segment" in lowered:
-        reason = "incomplete image data (the picture's data ends early: a cut or damaged file)"
-    elif "unsupported" in lowered:
-        reason = f"unsupported JPEG variant ({message})"
-    else:
-        reason = "corrupt image data"
-    return JpegDecodeError(f"{reason}: libjpeg: {message}", message)
-
-
-def _decode_jpeg_with_pillow(data: bytes, message: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
-            image.load()
-            return to_rgb8(image)
-    except Exception as e:  # Pillow's libjpeg does not know it either
-        raise _jpeg_error(message) from e
-
-
-def _is_progressive(data: bytes) -> bool:
-    """Whether the frame header before the first scan is SOF2/6/10/14 (progressive)."""
-    offset = 2
-    while offset + 4 <= len(data):
-        if data[offset] != 0xFF:
-            return False
-        marker = data[offset + 1]
-        if marker == 0xFF:  # fill byte
-            offset += 1
-            continue
-        if marker in (0xC2, 0xC6, 0xCA, 0xCE):
-            return True
-        if marker in (0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF, 0xDA):
-            return False
-        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
-    return False
-
-
-class InputListError(ValueError):
-    """A list file (PATH ending in .txt/.lst/.list) that cannot be read: the user's invocation
-    is wrong, so the run stops instead of guessing which images were meant."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"list file {path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
 def load_image(
     path: str,
     *,
@@ -211,27 +95,73 @@ def load_image(
       ImageReadError: for anything that keeps the file from being scored.
     """
     _check_file(path)
-    image = _open(path)
+    try:
+        image = _open(path)
+    except ImageReadError as e:
+        if _signature(path) != "TIFF" or e.reason.startswith(("cannot read", "permission")):
+            raise
+        return _read_with_tifffile(path, max_pixels, background, e)
     with image:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageReadError(path, _too_large(width, height, max_pixels))
         if image.format == "JPEG":
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-            try:
-                with open(path, "rb") as f:
-                    pixels = decode_jpeg(f.read(), fast_dct=fast_dct)
-            except OSError as e:
-                raise ImageReadError(path, f"cannot read file: {e.strerror}") from e
-            except JpegDecodeError as e:
-                raise ImageReadError(path, e.reason) from e
-            return apply_orientation(pixels, orientation)
-        _decode(path, image)
+            return _read_jpeg(path, image, fast_dct)
+        _refuse_sixteen_bit_colour_key(path, image)
+        try:
+            _decode(path, image)
+        except ImageReadError as e:
+            if image.format != "TIFF":
+                raise
+            return _read_with_tifffile(path, max_pixels, background, e)
         ImageOps.exif_transpose(image, in_place=True)
         try:
             return to_rgb8(image, background)
         except ValueError as e:
             raise ImageReadError(path, str(e)) from e
+
+
+def _read_jpeg(path: str, image: Image.Image, fast_dct: bool) -> np.ndarray:
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    try:
+        with open(path, "rb") as f:
+            pixels = decode_jpeg(f.read(), fast_dct=fast_dct)
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read file: {e.strerror}") from e
+    except JpegDecodeError as e:
+        raise ImageReadError(path, e.reason) from e
+    return apply_orientation(pixels, orientation)
+
+
+def _read_with_tifffile(
+    path: str, max_pixels: int, background: tuple[int, int, int], pillow_error: ImageReadError
+) -> np.ndarray:
+    """A TIFF Pillow could not open or decode: tifffile reads it, or says what is unsupported;
+    if tifffile cannot parse it either, Pillow's reason stands (the file is damaged)."""
+    try:
+        pixels, orientation = tiff.read_tiff(path, max_pixels=max_pixels, background=background)
+    except tiff.TiffUnsupportedError as e:
+        raise ImageReadError(path, str(e)) from e
+    except tiff.TiffDamagedError as e:
+        raise ImageReadError(path, f"{pillow_error.reason}; {e}") from e
+    except ValueError as e:  # over max_pixels
+        raise ImageReadError(path, _too_large_tiff(str(e), max_pixels)) from e
+    return np.ascontiguousarray(apply_orientation(pixels, orientation))
+
+
+def _refuse_sixteen_bit_colour_key(path: str, image: Image.Image) -> None:
+    """Pillow reduces 16-bit RGB PNGs to 8 bits while decoding but keeps their transparent
+    colour (tRNS) in 16 bits, so it would match no pixel, or the wrong ones: refused."""
+    if image.format != "PNG" or "transparency" not in image.info or not image.tile:
+        return
+    args = image.tile[0].args
+    rawmode = args if isinstance(args, str) else (args[0] if args else "")
+    if image.mode in ("RGB", "RGBA") and "16" in str(rawmode):
+        raise ImageReadError(
+            path,
+            "unsupported: a 16-bit RGB PNG with a transparent colour key (tRNS); save it "
+            "without transparency, with an alpha channel, or as 8-bit",
+        )
 
 
 def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -265,8 +195,20 @@ def to_rgb8(
       ValueError: pixels with no 8-bit RGB meaning here (float, signed or 32-bit samples, a mode
         Pillow cannot convert), with the reason in words.
     """
+    if image.mode == "I" and _tiff_bits(image) == 32:
+        values = np.asarray(image)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        raise ValueError(
+            f"unsupported pixel type: 32-bit integer samples (values {low}..{high}), whose "
+            "8-bit scale is unknown; save it as 8- or 16-bit unsigned"
+        )
     if image.mode in _SIXTEEN_BIT_GRAY_MODES:
-        return _gray16_to_rgb8(np.asarray(image))
+        gray = np.asarray(image)
+        rgb = _gray16_to_rgb8(gray)
+        key = image.info.get("transparency")  # a 16-bit gray PNG's colour key (tRNS)
+        if isinstance(key, int) and not isinstance(key, bool):
+            rgb[gray == key] = background
+        return rgb
     if image.mode == "F":
         raise ValueError("unsupported pixel type: 32-bit floating point; save it as 8- or 16-bit")
     if image.has_transparency_data:
@@ -276,6 +218,13 @@ def to_rgb8(
         return np.asarray(image.convert("RGB"))
     except ValueError as e:
         raise ValueError(f"unsupported colour mode {image.mode!r}") from e
+
+
+def _tiff_bits(image: Image.Image) -> int | None:
+    bits = getattr(image, "tag_v2", {}).get(258)  # BitsPerSample
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return None if bits is None else int(bits)
 
 
 def _gray16_to_rgb8(gray: np.ndarray) -> np.ndarray:
@@ -292,6 +241,8 @@ def _check_file(path: str) -> None:
     """The failures that can be named without opening the file."""
     if os.path.isdir(path):
         raise ImageReadError(path, _directory_reason(path))
+    if is_list_name(path) and os.path.isfile(path):  # `scan_inputs` keeps only empty lists
+        raise ImageReadError(path, "is a list file with no paths in it (only blank or # lines)")
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
@@ -305,7 +256,7 @@ def _check_file(path: str) -> None:
 def _directory_reason(path: str) -> str:
     if not os.access(path, os.R_OK | os.X_OK):
         return "is a directory that cannot be listed (permission denied)"
-    if not _scan_folder(path):
+    if not scan_folder(path):
         return "is a directory with no image files in it"
     return "is a directory"
 
@@ -376,84 +327,21 @@ def _looks_like_text(head: bytes) -> bool:
 def _too_large(width: int, height: int, max_pixels: int) -> str:
     return (
         f"image too large: {width}x{height} = {width * height / 1e6:.1f} megapixels, over the "
-        f"limit of {max_pixels / 1e6:.1f}; raise the limit if the file is trusted"
+        f"limit of {max_pixels / 1e6:.1f}; if the file is trusted, raise the limit "
+        "(classify --max_megapixels)"
     )
 
 
-def collect_inputs(paths: Sequence[str]) -> list[str]:
-    """Expands command-line PATHs into the image files to score, in order, each once.
-
-    - A folder is scanned recursively (symbolic links followed, each real folder once) for
-      names ending in IMAGE_EXTENSIONS, any case, sorted; names starting with "." (hidden
-      files, macOS "._x.jpg" resource forks) are skipped. An entry with an image extension
-      that is a directory, and a folder that cannot be listed, are kept as inputs so their
-      rows say what is wrong; a folder with no image files at all is itself kept likewise.
-    - A file ending in LIST_EXTENSIONS lists paths, one a line; blank lines and lines starting
-      with "#" are ignored, "~" is expanded, relative paths are relative to the list's folder.
-      Each entry is expanded like a PATH (an image, a folder or another list).
-    - Anything else is taken as an image file as given, even if missing or oddly named: its
-      row will say what is wrong.
-    Paths naming the same file the same way after normalisation are kept once, at first sight.
-
-    Raises:
-      InputListError: a list file that cannot be read or that lists itself.
-    """
-    unique: dict[str, str] = {}
-    for path in paths:
-        for found in _expand(path, lists_open=frozenset()):
-            unique.setdefault(os.path.abspath(found), found)
-    return list(unique.values())
+def _too_large_tiff(message: str, max_pixels: int) -> str:
+    width, height = (int(v) for v in message.rsplit(" ", 1)[1].split("x"))
+    return _too_large(width, height, max_pixels)
 
 
-def _expand(path: str, lists_open: frozenset[str]) -> Iterator[str]:
-    if os.path.isdir(path):
-        images = sorted(_scan_folder(path))
-        yield from images or [path]
-    elif path.lower().endswith(LIST_EXTENSIONS):
-        key = os.path.realpath(path)
-        if key in lists_open:
-            raise InputListError(path, "lists itself (directly or through another list)")
-        for entry in _read_list(path):
-            yield from _expand(entry, lists_open | {key})
-    else:
-        yield path
-
-
-def _read_list(path: str) -> list[str]:
+def _signature(path: str) -> str | None:
+    """The supported format the file's first bytes announce, if any."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise InputListError(path, "no such file") from None
-    except UnicodeDecodeError:
-        raise InputListError(path, "not a UTF-8 text file of paths, one per line") from None
-    except OSError as e:
-        raise InputListError(path, f"cannot read it: {e.strerror}") from e
-    folder = os.path.dirname(path)
-    entries = (line.strip() for line in lines)
-    return [
-        os.path.normpath(os.path.join(folder, os.path.expanduser(entry)))
-        for entry in entries
-        if entry and not entry.startswith("#")
-    ]
-
-
-def _scan_folder(folder: str) -> list[str]:
-    """Image-named entries under `folder`, and its sub-folders that cannot be listed, unsorted."""
-    found: list[str] = []
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(
-        folder, followlinks=True, onerror=lambda e: found.append(e.filename)
-    ):
-        real = os.path.realpath(root)
-        if real in seen:  # a symbolic link back into a folder already scanned
-            dirs.clear()
-            continue
-        seen.add(real)
-        dirs[:] = [name for name in dirs if not name.startswith(".")]
-        found.extend(
-            os.path.join(root, name)
-            for name in dirs + files
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    return found
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    return next((name for sig, name in _SIGNATURES.items() if head.startswith(sig)), None)

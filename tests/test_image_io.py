@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from image_fixtures import BAD_FILES, GOOD_FILES, write_lab_folder
 from image_fixtures import checkerboard as _checkerboard
 from PIL import Image
@@ -172,8 +173,11 @@ def test_image_too_large_is_refused_before_decoding(tmp_path):
 
 def test_out_of_range_integer_pixels_are_refused(tmp_path):
     path = tmp_path / "signed.tif"
-    Image.fromarray(np.array([[-5, 100]], np.int32)).save(path)
+    tifffile.imwrite(path, np.array([[-5, 100]], np.int16))  # Pillow writes int16 as int32
     with pytest.raises(image_io.ImageReadError, match="outside 0..65535"):
+        image_io.load_image(str(path))
+    Image.fromarray(np.array([[-5, 100]], np.int32)).save(path)
+    with pytest.raises(image_io.ImageReadError, match=r"32-bit integer samples \(values -5..100"):
         image_io.load_image(str(path))
 
 
@@ -258,6 +262,8 @@ def test_collect_inputs_reads_list_files(tmp_path, monkeypatch):
     assert found == [
         absolute,
         "images/a.jpg",
+        # Spaces are part of a name (issue 12 item 8): this entry is not b.png.
+        str(lists / f"  {absolute}  "),
         str(images / "sub" / "c.tif"),
         str(images / "missing.jpg"),
     ]
@@ -271,13 +277,14 @@ def test_collect_inputs_rejects_unreadable_or_circular_lists(tmp_path):
     with pytest.raises(image_io.InputListError, match="lists itself"):
         image_io.collect_inputs([str(tmp_path / "a.list")])
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00junk")
-    with pytest.raises(image_io.InputListError, match="not a UTF-8 text file"):
+    with pytest.raises(image_io.InputListError, match="not a UTF-8 .or UTF-16. text file"):
         image_io.collect_inputs([str(tmp_path / "binary.txt")])
 
 
 # ----------------------------------------------------------------------------- score_files
 IMAGE_SIZE = 16
 CENTRAL_FRACTION = 0.875
+PREPROCESSING = preprocess.Preprocessing(IMAGE_SIZE, CENTRAL_FRACTION)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -319,8 +326,7 @@ def test_score_files_one_row_per_input_in_order(lab_folder):
     rows = classify_io.score_files(
         paths,
         predict,
-        image_size=IMAGE_SIZE,
-        central_fraction=CENTRAL_FRACTION,
+        preprocessing=PREPROCESSING,
         batch_size=4,
         num_workers=3,
         progress=False,
@@ -348,8 +354,7 @@ def test_csv_has_one_line_per_row_and_names_faults(lab_folder):
     rows = classify_io.score_files(
         paths,
         predict,
-        image_size=IMAGE_SIZE,
-        central_fraction=CENTRAL_FRACTION,
+        preprocessing=PREPROCESSING,
         batch_size=8,
         progress=False,
     )
@@ -384,9 +389,7 @@ def test_all_scored_exits_zero_and_progress_goes_to_stderr(lab_folder, capsys):
     folder, _ = lab_folder
     paths = [str(folder / name) for name in GOOD_FILES]
     predict, _ = _fake_predict(batch_size=32)  # larger than the input: one padded batch
-    rows = classify_io.score_files(
-        paths, predict, image_size=IMAGE_SIZE, central_fraction=CENTRAL_FRACTION, batch_size=32
-    )
+    rows = classify_io.score_files(paths, predict, preprocessing=PREPROCESSING, batch_size=32)
     assert classify_io.exit_code(rows) == classify_io.EXIT_ALL_SCORED == 0
     assert classify_io.summary_line(rows) == f"scored {len(GOOD_FILES)}, failed 0"
     captured = capsys.readouterr()
@@ -405,8 +408,7 @@ def test_tta_averages_over_the_eight_symmetries(lab_folder):
     rows = classify_io.score_files(
         [path],
         _top_left_quadrant_predict,
-        image_size=IMAGE_SIZE,
-        central_fraction=CENTRAL_FRACTION,
+        preprocessing=PREPROCESSING,
         batch_size=3,  # 8 views: batches of 3, 3 and a padded 2
         tta=classify_io.ALL_TTA,
         progress=False,
@@ -424,8 +426,7 @@ def test_tta_averages_over_the_eight_symmetries(lab_folder):
     untransformed = classify_io.score_files(
         [path],
         _top_left_quadrant_predict,
-        image_size=IMAGE_SIZE,
-        central_fraction=CENTRAL_FRACTION,
+        preprocessing=PREPROCESSING,
         batch_size=3,
         progress=False,
     )
@@ -438,7 +439,7 @@ def test_tta_averages_over_the_eight_symmetries(lab_folder):
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="Unknown test-time transforms"):
         classify_io.score_files(
-            [], _top_left_quadrant_predict, image_size=8, central_fraction=1.0, batch_size=1,
+            [], _top_left_quadrant_predict, preprocessing=PREPROCESSING, batch_size=1,
             tta=["rot45"],
         )  # fmt: skip
     with pytest.raises(ValueError, match=r"crystal_threshold must be in \[0, 1\]"):
@@ -451,8 +452,7 @@ def test_wrong_predictor_output_is_an_error(lab_folder):
         classify_io.score_files(
             [str(folder / "rgb.bmp")],
             lambda images: np.ones((len(images), 3)),
-            image_size=IMAGE_SIZE,
-            central_fraction=CENTRAL_FRACTION,
+            preprocessing=PREPROCESSING,
             batch_size=2,
             progress=False,
         )
@@ -471,8 +471,7 @@ def test_real_drop_photographs():
     rows = classify_io.score_files(
         paths,
         predict,
-        image_size=IMAGE_SIZE,
-        central_fraction=CENTRAL_FRACTION,
+        preprocessing=PREPROCESSING,
         batch_size=2,
         progress=False,
     )
