@@ -1,20 +1,41 @@
-"""Orbax checkpoints of a training run: model/optimizer state, data iterator and progress together.
+"""Orbax checkpoints of a training run: model/optimizer state, progress and an integrity record.
 
 One checkpoint holds everything a resumed run needs to continue exactly where the killed one
-stopped: the `TrainState` pytree, the grain iterator position (so the same batches follow), and
-the early-stopping bookkeeping. The run's config is written once as `config.json` beside the
+stopped: the `TrainState` pytree and the early-stopping bookkeeping. The data position needs no
+item of its own: a step consumes one batch, so a run resumed at step s starts the train stream
+at batch s (`input_pipeline.create_train_dataset(start_batch=...)`), whatever the number of
+grain workers before and after. (Checkpoints of older versions also hold a `data` item, the
+grain iterator state; it is ignored.) The run's config is written as `config.json` beside the
 checkpoints, so evaluation, export and classification can rebuild the model from a workdir alone.
+
+Integrity: a bit flipped on disk used to restore silently (momentum values of 3.7e30 with a
+finite loss), and the run then saved the contaminated state and deleted the last good one. So
+  - a save refuses a state with a non-finite value (`NonFiniteStateError`);
+  - every checkpoint carries an `integrity` item: per leaf, its largest magnitude and a
+    position-weighted checksum of its bits (exact integer arithmetic on the device, so any
+    reduction order gives the same value);
+  - a restore recomputes both and compares; a checkpoint that fails, or cannot be read at all,
+    is moved aside to `checkpoints_rejected/` and the previous one is tried, with a warning
+    naming both; with none left, `CheckpointError` says what was wrong with each;
+  - each checkpoint is read back and verified before the next one is written, and at least two
+    are kept, so the preservation policy never deletes the newest verified checkpoint before a
+    newer one has been verified.
+A failed save (a full disk) removes its own temporary directory and raises `CheckpointError`,
+one line, instead of thousands of lines of asyncio tracebacks.
 """
 
 from __future__ import annotations
 
 import json
+import logging as std_logging
+import time
 from typing import Any
 
-import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import nnx
 
@@ -22,11 +43,22 @@ from marco_jax import models
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+REJECTED_DIR = "checkpoints_rejected"
 EVAL_METRIC = "accuracy"
+INTEGRITY_ITEM = "integrity"
+MIN_KEPT = 2  # the newest verified checkpoint survives while the next one is written
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or none could be read back; the message is one line."""
+
+
+class NonFiniteStateError(CheckpointError):
+    """The state to be saved holds NaN or infinite values; it is not saved."""
 
 
 def create_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """Keeps the last `keep` checkpoints plus the best one by eval accuracy."""
+    """Keeps the last max(`keep`, 2) checkpoints plus the best one by eval accuracy."""
 
     def accuracy(metrics: dict[str, float]) -> float:
         return metrics[EVAL_METRIC]
@@ -36,7 +68,7 @@ def create_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.
         best_mode="max",
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
             [
-                ocp.checkpoint_managers.LatestN(n=keep),
+                ocp.checkpoint_managers.LatestN(n=max(keep, MIN_KEPT)),
                 ocp.checkpoint_managers.BestN(
                     get_metric_fn=accuracy, n=1, keep_checkpoints_without_metrics=False
                 ),
@@ -44,6 +76,8 @@ def create_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.
         ),
         read_only=read_only,
         create=not read_only,
+        # Leftovers of a process killed mid-save hold disk space; a writer holds the workdir lock.
+        cleanup_tmp_directories=not read_only,
     )
     # A reader knows the state's handler up front, so it can read its metadata before restoring.
     handlers = {"state": ocp.StandardCheckpointHandler()} if read_only else None
@@ -52,52 +86,278 @@ def create_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.
     )
 
 
-def save(
-    manager: ocp.CheckpointManager,
-    step: int,
-    state: Any,
-    data_iterator: grain.DatasetIterator,
-    progress: dict[str, Any],
-    metrics: dict[str, float] | None = None,
-) -> None:
-    """Starts an asynchronous save; `manager.wait_until_finished()` makes it durable."""
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            progress=ocp.args.JsonSave(progress),
-        ),
-        metrics=metrics,
-        force=True,
-    )
+# ---------------------------------------------------------------------------- integrity
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The bits of `x` as a flat uint32 vector."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32).ravel()
+    unsigned = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+    return unsigned.astype(jnp.uint32).ravel()
+
+
+def _leaf_record(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    words = _words(x)
+    weights = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1  # also catches swapped values
+    checksum = jnp.sum(words * weights, dtype=jnp.uint32)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        finite = jnp.all(jnp.isfinite(x))
+        magnitude = jnp.max(jnp.abs(x)).astype(jnp.float32) if x.size else jnp.float32(0)
+    else:
+        finite, magnitude = jnp.bool_(True), jnp.float32(0)
+    return finite, magnitude, checksum
+
+
+_leaf_records = jax.jit(lambda leaves: [_leaf_record(x) for x in leaves])
+
+
+def state_record(state: Any) -> dict[str, dict[str, Any]]:
+    """{leaf path: {"finite", "max_abs", "checksum"}} of a state pytree, computed on device."""
+    paths_and_leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    leaves = [jnp.asarray(leaf) for _, leaf in paths_and_leaves]
+    records = jax.device_get(_leaf_records(leaves))
+    return {
+        jax.tree_util.keystr(path): {
+            "finite": bool(finite),
+            "max_abs": float(magnitude),
+            "checksum": int(checksum),
+        }
+        for (path, _), (finite, magnitude, checksum) in zip(paths_and_leaves, records, strict=True)
+    }
+
+
+def non_finite_leaves(record: dict[str, dict[str, Any]]) -> list[str]:
+    return [path for path, leaf in record.items() if not leaf["finite"]]
+
+
+def _describe(paths: list[str], limit: int = 3) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def _verify(state: Any, saved: dict[str, Any] | None) -> None:
+    """Raises ValueError (one line) unless `state` is finite and matches its saved record."""
+    record = state_record(state)
+    if bad := non_finite_leaves(record):
+        raise ValueError(f"non-finite values in {_describe(bad)}")
+    if saved is None:
+        return  # an older or imported checkpoint: finiteness is all that can be checked
+    leaves = saved["leaves"]
+    if leaves.keys() != record.keys():
+        raise ValueError("its leaves differ from the state this config builds")
+    changed = [p for p in record if record[p]["checksum"] != leaves[p]["checksum"]]
+    if changed:
+        first = changed[0]
+        raise ValueError(
+            f"checksum mismatch in {_describe(changed)} (max |x| of {first} is "
+            f"{record[first]['max_abs']:.3g}, {leaves[first]['max_abs']:.3g} when saved)"
+        )
+
+
+# ---------------------------------------------------------------------------- save
+
+
+def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def _remove_tmp_dirs(manager: ocp.CheckpointManager) -> list[str]:
+    removed = []
+    for path in manager.directory.iterdir() if manager.directory.exists() else []:
+        if ".orbax-checkpoint-tmp" in path.name:
+            try:
+                path.rmtree()
+                removed.append(path.name)
+            except OSError as e:
+                logging.warning("Could not remove %s: %s", path, e)
+    return removed
+
+
+class QuietOrbax:
+    """Silences Orbax's and asyncio's loggers while failing I/O unwinds.
+
+    A failed write or read is reported by every pending tensorstore future of every array, as
+    "Event loop is closed" tracebacks by the hundred; the one error that matters is raised and
+    reported by the caller instead.
+    """
+
+    _NAMES = ("absl", "asyncio", "orbax", "jax._src.distributed")
+
+    def __enter__(self) -> QuietOrbax:
+        self._levels = [std_logging.getLogger(n).level for n in self._NAMES]
+        for name in self._NAMES:
+            std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for name, level in zip(self._NAMES, self._levels, strict=True):
+            std_logging.getLogger(name).setLevel(level)
+
+
+class Saver:
+    """Writes a run's checkpoints: refuses non-finite states, verifies each one written.
+
+    `save` starts an asynchronous save after reading back and verifying the previous one;
+    `finish` waits for the last save and verifies it. Either raises CheckpointError (one line)
+    when a save failed, after removing the failed save's temporary directory.
+    """
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager = manager
+        self._unverified: tuple[int, Any] | None = None  # (step, abstract state)
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        progress: dict[str, Any],
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        record = state_record(state)
+        if bad := non_finite_leaves(record):
+            raise NonFiniteStateError(
+                f"the state at step {step} holds non-finite values in {_describe(bad)}; "
+                "it was not saved."
+            )
+        self.finish()
+        if step in self.manager.all_steps():
+            return  # e.g. a finished run re-saving its last step
+        with QuietOrbax():
+            try:
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state),
+                        progress=ocp.args.JsonSave(progress),
+                        **{INTEGRITY_ITEM: ocp.args.JsonSave({"leaves": record})},
+                    ),
+                    metrics=metrics,
+                    force=True,
+                )
+            except Exception as e:  # noqa: BLE001 - any failure of the write is reported alike
+                self._failed(step, e)
+        self._unverified = (step, jax.tree.map(_abstract, state))
+
+    def finish(self) -> None:
+        """Waits for the pending save and verifies what it wrote."""
+        if self._unverified is None:
+            return
+        step, abstract = self._unverified
+        self._unverified = None
+        with QuietOrbax():
+            try:
+                self.manager.wait_until_finished()
+                self.manager.check_for_errors()
+            except Exception as e:  # noqa: BLE001
+                self._failed(step, e)
+        try:
+            _restore_verified(self.manager, step, abstract)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"checkpoint {step} in {self.manager.directory} does not read back as it was "
+                f"written ({_one_line(e)}); check the storage."
+            ) from None
+
+    def _failed(self, step: int, error: BaseException) -> None:
+        removed = _remove_tmp_dirs(self.manager)
+        cleaned = f"; removed its partial files {removed}" if removed else ""
+        raise CheckpointError(
+            f"saving checkpoint {step} in {self.manager.directory} failed: "
+            f"{_one_line(error)}{cleaned}."
+        ) from None
+
+
+# ---------------------------------------------------------------------------- restore
+
+
+def _item_exists(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
+    return (manager.directory / str(step) / item).exists()
+
+
+def _restore_verified(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any
+) -> tuple[Any, dict[str, Any]]:
+    items = {
+        "state": ocp.args.StandardRestore(abstract_state),
+        "progress": ocp.args.JsonRestore(),
+    }
+    has_record = _item_exists(manager, step, INTEGRITY_ITEM)
+    if has_record:
+        items[INTEGRITY_ITEM] = ocp.args.JsonRestore()
+    with QuietOrbax():
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+    _verify(restored.state, restored[INTEGRITY_ITEM] if has_record else None)
+    return restored.state, dict(restored.progress or {})
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    """Moves checkpoint `step` out of the manager's sight (never deletes it); returns where."""
+    source = manager.directory / str(step)
+    target_dir = manager.directory.parent / REJECTED_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    source.rename(target)
+    return str(target)
 
 
 def restore_latest(
-    manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: grain.DatasetIterator
+    manager: ocp.CheckpointManager, abstract_state: Any
 ) -> tuple[Any, dict[str, Any]] | None:
-    """Restores the newest checkpoint into `abstract_state`'s shardings, or None if there is none.
+    """The newest good checkpoint as (state, progress) in `abstract_state`'s shardings.
 
-    The data iterator is restored in place.
+    None when there is no checkpoint. Newer checkpoints that cannot be read or fail
+    verification are moved to `checkpoints_rejected/` with a warning naming them and the step
+    resumed from; CheckpointError when no checkpoint is good (nothing is moved then).
     """
-    step = manager.latest_step()
-    if step is None:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
         return None
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator),
-            progress=ocp.args.JsonRestore(),
-        ),
+    failures: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            state, progress = _restore_verified(manager, step, abstract_state)
+        except Exception as e:  # noqa: BLE001 - unreadable for whatever reason: try the previous
+            failures.append((step, _one_line(e)))
+            continue
+        for bad, reason in failures:
+            where = _set_aside(manager, bad)
+            logging.warning(
+                "Checkpoint %d in %s is unreadable or corrupt (%s); moved it to %s and resumed "
+                "from checkpoint %d, the newest good one.",
+                bad,
+                manager.directory,
+                reason,
+                where,
+                step,
+            )
+        if failures:
+            manager.reload()
+        return state, progress
+    details = "; ".join(f"step {s}: {reason}" for s, reason in failures)
+    raise CheckpointError(
+        f"no readable checkpoint in {manager.directory} ({details}); restore a backup, or move "
+        "the checkpoints directory away to start afresh."
     )
-    return restored.state, restored.progress
+
+
+# ---------------------------------------------------------------------------- config
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes config.json atomically (a kill mid-write leaves the previous one)."""
     path = epath.Path(workdir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json_best_effort(indent=2))
+    tmp = path.parent / (CONFIG_FILE + ".tmp")
+    tmp.write_text(config.to_json_best_effort(indent=2))
+    tmp.rename(path)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -108,6 +368,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             "(train with `python -m marco_jax.main --workdir DIR` first)."
         )
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+# ---------------------------------------------------------------------------- inference
 
 
 def resolve_step(manager: ocp.CheckpointManager, checkpoint: str | int) -> int:
@@ -151,7 +414,8 @@ def restore_on_this_host(manager: ocp.CheckpointManager, step: int) -> dict[str,
 
     Whatever topology saved it (8 GPUs, a TPU pod), a lab workstation can read it: the target
     shardings come from the checkpoint's shapes, not from its recorded devices.
-    `manager` must come from `create_manager(..., read_only=True)`.
+    `manager` must come from `create_manager(..., read_only=True)`. Checkpoints holding only
+    `state` and `progress` (imported releases) are read as well as training checkpoints.
     """
     metadata = manager.item_metadata(step)["state"]
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -161,3 +425,23 @@ def restore_on_this_host(manager: ocp.CheckpointManager, step: int) -> dict[str,
     return manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     ).state
+
+
+def integrity_record(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+    """The integrity record saved with checkpoint `step` (None for older or imported ones)."""
+    path = manager.directory / str(step) / INTEGRITY_ITEM
+    files = [p for p in path.iterdir() if p.is_file()] if path.exists() else []
+    for file in files:
+        try:
+            return json.loads(file.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+    return None
+
+
+def verify_restored(state: Any, record: dict[str, Any] | None) -> None:
+    """Raises CheckpointError unless a restored `state` is finite and matches `record`."""
+    try:
+        _verify(state, record)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None

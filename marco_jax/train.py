@@ -8,6 +8,7 @@ the state replicated and the batch split over all devices of all hosts (`marco_j
 from __future__ import annotations
 
 import functools
+import json
 import time
 from typing import Any
 
@@ -18,22 +19,33 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
+from etils import epath
 from flax import nnx, struct
 
 from marco_jax import (
     augment,
     checkpoints,
+    config_checks,
     evaluation,
     input_pipeline,
     models,
     optim,
     parallel,
     warm_start,
+    workdir_lock,
 )
+
+# How a run ended (`train_and_evaluate(...)["status"]`); main maps them to exit codes.
+FINISHED = "finished"  # the step budget is reached
+EARLY_STOPPED = "early_stopped"  # config.early_stopping_patience evaluations without a new best
+PREEMPTED = "preempted"  # SIGTERM or the multi-host preemption service: saved, resume by relaunch
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint predates it and is intact."""
+    """The loss or the updated state became NaN or infinite; the message names the last
+    checkpoint, which a save verified finite (saves refuse non-finite states), or says that
+    there is none."""
 
 
 @struct.dataclass
@@ -118,12 +130,19 @@ def train_step(
         ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, decay),
     )
     metrics = {
+        # The loss predates this update; a diverging update shows only in the new state.
+        "state_finite": _all_finite((params, opt_state, batch_stats)),
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
         "grad_norm": optax.global_norm(grads),
         "learning_rate": learning_rate(state.step),
     }
     return new_state, metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def eval_variables(state: TrainState, use_ema: bool) -> tuple[Any, Any]:
@@ -136,25 +155,51 @@ def _num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
     if config.num_train_steps > 0:
         return config.num_train_steps
     if config.num_epochs <= 0:
-        raise ValueError("Set config.num_train_steps > 0 or config.num_epochs > 0.")
+        raise config_checks.ConfigError(
+            ["Set config.num_train_steps > 0 or config.num_epochs > 0."]
+        )
     return int(config.num_epochs * steps_per_epoch)
 
 
-def _check_finite(step: int, metrics: dict[str, jax.Array], manager) -> None:
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        manager.wait_until_finished()
-        last = manager.latest_step()
-        raise NonFiniteLossError(
-            f"Training loss became {loss} at step {step}. The last checkpoint (step {last}) in "
-            f"{manager.directory} predates it and is intact. Lower "
-            "config.optimizer.learning_rate or check the input data, then resume."
+def _check_finite(step: int, metrics: dict[str, jax.Array], saver: checkpoints.Saver) -> None:
+    """Raises NonFiniteLossError when the loss, or the state after the update, is not finite."""
+    loss, state_finite = float(metrics["loss"]), bool(metrics["state_finite"])
+    if np.isfinite(loss) and state_finite:
+        return
+    saver.finish()
+    last = saver.manager.latest_step()
+    what = (
+        f"Training loss became {loss}"
+        if not np.isfinite(loss)
+        else f"The update made the parameters or optimizer state non-finite (loss {loss:.4g})"
+    )
+    if last is None:
+        where = (
+            f"No checkpoint has been saved in {saver.manager.directory} yet, so a relaunch "
+            "starts from step 0."
         )
+    else:
+        where = (
+            f"The last checkpoint (step {last}) in {saver.manager.directory} was verified "
+            "finite when saved; a relaunch resumes from it."
+        )
+    raise NonFiniteLossError(
+        f"{what} at step {step}. {where} Lower config.optimizer.learning_rate or check the "
+        "input data."
+    )
 
 
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
     stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
-    return {f"train_{name}": float(np.mean(values)) for name, values in stacked.items()}
+    return {
+        f"train_{name}": float(np.mean(values))
+        for name, values in stacked.items()
+        if name != "state_finite"
+    }
+
+
+def _new_progress() -> dict[str, Any]:
+    return {"best_accuracy": -1.0, "best_step": -1, "evals_since_best": 0}
 
 
 def _update_progress(progress: dict[str, Any], step: int, accuracy: float) -> dict[str, Any]:
@@ -163,24 +208,93 @@ def _update_progress(progress: dict[str, Any], step: int, accuracy: float) -> di
     return {**progress, "evals_since_best": progress["evals_since_best"] + 1}
 
 
+def _early_stopped(config: ml_collections.ConfigDict, progress: dict[str, Any]) -> bool:
+    patience = config.early_stopping_patience
+    return patience > 0 and progress["evals_since_best"] >= patience
+
+
+def _stored_changes(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, tuple[Any, Any]] | None:
+    """Allowed changes against the workdir's config.json (None if it has none yet).
+
+    Raises ConfigError, one line naming the fields, for changes that alter the network or the
+    training batches: the checkpoints belong to the stored config.
+    """
+    path = epath.Path(workdir) / checkpoints.CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise config_checks.ConfigError(
+            [f"{path} is unreadable ({e}); repair or remove it to start this workdir afresh."]
+        ) from None
+    refused, allowed = config_checks.compare_with_stored(stored, config)
+    if refused:
+        changes = ", ".join(f"{field} {old!r} -> {new!r}" for field, (old, new) in refused.items())
+        raise config_checks.ConfigError(
+            [
+                f"{workdir} was trained with another network or data order; refused changes: "
+                f"{changes}. Use a new --workdir, or the stored values."
+            ]
+        )
+    return allowed
+
+
+def _record_config(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    changes: dict[str, tuple[Any, Any]] | None,
+    step: int,
+) -> None:
+    """Writes config.json once the run is accepted, and appends the allowed changes' history."""
+    if changes is not None and not changes:
+        return
+    if changes:
+        logging.warning(
+            "Resuming at step %d with changed settings: %s.",
+            step,
+            ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+        )
+        entry = {"step": step, "time": time.time(), "changes": changes}
+        with (epath.Path(workdir) / CONFIG_CHANGES_FILE).open("a") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+    checkpoints.write_config(workdir, config)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains until the step budget or early stopping, resuming from `workdir` if possible.
 
-    Returns the last evaluation's metrics.
+    Returns the last evaluation's metrics and "status": FINISHED, EARLY_STOPPED or PREEMPTED.
+    A finished or early-stopped run stays so when relaunched (no step is trained). Raises
+    config_checks.ConfigError (invalid values, a refused change against the workdir's
+    config.json), workdir_lock.WorkdirLockedError, checkpoints.CheckpointError or
+    NonFiniteLossError, each with a one-line message.
     """
+    config_checks.validate(config)
     parallel.check_divisible(config.input.global_batch_size, "global_batch_size")
     parallel.check_divisible(config.input.eval_batch_size, "eval_batch_size")
+    is_chief = jax.process_index() == 0
+    # Only process 0 writes into the workdir; an object store (gs://) has no exclusive create.
+    lock = workdir_lock.WorkdirLock(workdir, enabled=is_chief and "://" not in workdir)
+    with lock:
+        return _train_and_evaluate(config, workdir, is_chief)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, is_chief: bool
+) -> dict[str, Any]:
+    changes = _stored_changes(config, workdir)
     model = models.create_model(config, rngs=config.seed)
     if config.get("init_from"):  # fine-tuning; a resumed run's checkpoint overrides it below
         fresh = warm_start.load_into(model, config)
         logging.info("Initialised from %s; fresh: %s.", config.init_from, fresh or "nothing")
     train_source = input_pipeline.open_tfds_source(config, config.dataset.train_split)
     eval_source = input_pipeline.open_tfds_source(config, config.dataset.eval_split)
+    config_checks.check_num_labels(config, _num_labels(train_source))
     steps_per_epoch = max(1, len(train_source) // config.input.global_batch_size)
     num_steps = _num_train_steps(config, steps_per_epoch)
-    is_chief = jax.process_index() == 0
-    if is_chief:
-        checkpoints.write_config(workdir, config)
 
     tx = optim.create_optimizer(config, steps_per_epoch)
     learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)
@@ -189,24 +303,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     state = jax.device_put(state, replicated)
 
-    train_iter = iter(
-        input_pipeline.create_train_dataset(
-            config,
-            train_source,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            seed=config.seed,
-        )
-    )
     manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
-    progress = {"best_accuracy": -1.0, "best_step": -1, "evals_since_best": 0}
-    restored = checkpoints.restore_latest(manager, state, train_iter)
+    saver = checkpoints.Saver(manager)
+    progress = _new_progress()
+    restored = checkpoints.restore_latest(manager, state)
     if restored is not None:
         state, progress = restored
+        progress = _new_progress() | progress
         logging.info("Resumed from step %d in %s.", int(state.step), workdir)
+    step = int(state.step)
+    if is_chief:  # accepted: the config is compatible and the checkpoint readable
+        _record_config(config, workdir, changes, step)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-    if int(state.step) == 0:
+    if step == 0:
         writer.write_hparams(config.to_dict() | {"model": config.model.name})
         parameter_overview.log_parameter_overview(state.params)
     hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
@@ -225,23 +335,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     evaluator = evaluation.Evaluator(config, graphdef, eval_source, mesh)
     preemption = parallel.PreemptionWatcher()
-
-    def save(step: int, metrics: dict[str, float] | None = None) -> None:
-        checkpoints.save(manager, step, state, train_iter, progress, metrics)
-
-    step = int(state.step)
+    status = EARLY_STOPPED if _early_stopped(config, progress) else FINISHED
     eval_metrics: dict[str, Any] = {}
     history: list[dict[str, jax.Array]] = []
     last_log = (step, time.perf_counter())
     pending: tuple[int, dict[str, jax.Array]] | None = None
+    train_iter = None
     try:
-        while step < num_steps:
+        if step < num_steps and status != EARLY_STOPPED:
+            # The data position is the step: one batch per step (see checkpoints).
+            train_iter = iter(
+                input_pipeline.create_train_dataset(
+                    config,
+                    train_source,
+                    process_index=jax.process_index(),
+                    process_count=jax.process_count(),
+                    seed=config.seed,
+                    start_batch=step,
+                )
+            )
+        while train_iter is not None and step < num_steps:
             batch = parallel.to_global(next(train_iter), batch_sharding)
             state, metrics = p_train_step(state, batch)
             step += 1
             # Checked one step late so that the host never waits for the device in between.
             if pending is not None:
-                _check_finite(*pending, manager)
+                _check_finite(*pending, saver)
             pending = (step, metrics)
             history.append(metrics)
             for hook in hooks:
@@ -250,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             is_eval = step % config.eval_every_steps == 0 or step == num_steps
             is_save = step % config.checkpoint_every_steps == 0
             if is_log or is_eval or is_save:  # this step's loss must be finite before any use
-                _check_finite(*pending, manager)
+                _check_finite(*pending, saver)
             if is_log:
                 elapsed = time.perf_counter() - last_log[1]
                 summary = _mean_metrics(history)
@@ -263,21 +382,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if is_eval:
                 eval_metrics = evaluator.run(state, step, workdir, writer)
                 progress = _update_progress(progress, step, eval_metrics["accuracy"])
-            stop = preemption.should_stop(step) or (
-                config.early_stopping_patience > 0
-                and progress["evals_since_best"] >= config.early_stopping_patience
-            )
-            if stop:  # a preemption may come at a step not checked above
-                _check_finite(*pending, manager)
-            if is_eval or is_save or stop:
-                save(step, {"accuracy": eval_metrics["accuracy"]} if is_eval else None)
-            if stop:
-                logging.info("Stopping at step %d (preemption or early stopping).", step)
+            preempted = preemption.should_stop(step)
+            early = _early_stopped(config, progress)
+            if preempted or early:  # a preemption may come at a step not checked above
+                _check_finite(*pending, saver)
+            if is_eval or is_save or preempted or early:
+                metrics_to_save = {"accuracy": eval_metrics["accuracy"]} if is_eval else None
+                saver.save(step, state, progress, metrics_to_save)
+            if preempted or early:
+                status = PREEMPTED if preempted else EARLY_STOPPED
+                logging.info("Stopping at step %d (%s).", step, status)
                 break
+        if step >= num_steps and status != PREEMPTED and step not in manager.all_steps():
+            saver.save(step, state, progress)  # a finished run is saved as finished
+        saver.finish()
         if not eval_metrics:  # the run had already finished or stopped: report where it stands
             eval_metrics = evaluator.run(state, step, workdir, writer)
     finally:
-        manager.wait_until_finished()
-        manager.close()
+        if train_iter is not None and hasattr(train_iter, "close"):
+            train_iter.close()  # grain worker processes
+        try:
+            with checkpoints.QuietOrbax():
+                manager.wait_until_finished()
+                manager.close()
+        except Exception as e:  # noqa: BLE001 - the error being raised matters more
+            logging.warning("Closing the checkpoint manager failed: %s", e)
         writer.flush()
-    return eval_metrics
+    return eval_metrics | {"status": status}
+
+
+def _num_labels(source: Any) -> int | None:
+    """The label count of a TFDS source's `label` feature, or None if it does not say."""
+    try:
+        return int(source.dataset_info.features["label"].num_classes)
+    except (AttributeError, KeyError, TypeError):
+        return None
