@@ -105,7 +105,8 @@ def _ami_client(model_dir) -> list[tuple[str, dict[str, float]]]:
     """A client written as the release's users write one (AMi_Image_Analysis, Classify.py):
     load, feed {"image_bytes": [jpeg]}, take classes[0], map the names."""
     predictor = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    names = {"Crystals": "crystals", "Clear": "clear", "Other": "other", "Precipitate": "precipitate"}
+    names = {"Crystals": "crystals", "Clear": "clear", "Other": "other"}
+    names["Precipitate"] = "precipitate"
     answers = []
     for path in release_graph.REAL_DROPS:
         out = predictor(image_bytes=tf.constant([path.read_bytes()]))
