@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from marco_jax import image_io
+from marco_jax import image_io, jpeg
 
 RESIZE_METHODS = ("tf1_bilinear", "pil_antialias")
 JPEG_DCT_METHODS = ("fast", "accurate")
@@ -52,11 +52,11 @@ def decode(data: bytes, jpeg_dct: str = "accurate") -> ImageLike:
     Modes (grayscale, palette, RGBA, 16-bit, ...) and the EXIF orientation are handled by
     `image_io`'s rules, so that a photograph gives the same pixels in training, evaluation and
     `classify`; plain RGB, the common case, skips the conversion copy. jpeg_dct="fast" decodes a
-    JPEG with libjpeg's fast integer DCT, as the release's DecodeJpeg does (`image_io.decode_jpeg`).
+    JPEG with libjpeg's fast integer DCT, as the release's DecodeJpeg does (`jpeg.decode_jpeg`).
     """
     try:
         if jpeg_dct == "fast" and bytes(data[:3]) == b"\xff\xd8\xff":  # a JPEG
-            return image_io.decode_jpeg(data, fast_dct=True)
+            return jpeg.decode_jpeg(data, fast_dct=True)
         image = Image.open(io.BytesIO(data))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
