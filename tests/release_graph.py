@@ -234,3 +234,27 @@ def release_tensors(
             for name, value in zip(names, got, strict=True):
                 outs[name].append(value)
     return {name: np.concatenate(v) for name, v in outs.items()}
+
+
+def write_uncalibrated_release(out_dir: pathlib.Path | str, seed: int = 0) -> pathlib.Path:
+    """A release directory in seconds: the real graph, He-scaled kernels and neutral BatchNorm
+    statistics written by name (no graph is run), for tests that train or import but do not
+    compare against the graph's outputs."""
+    values = _initial_values(variable_shapes(RELEASE_GRAPH), seed)
+    return write_release(out_dir, values)
+
+
+def write_release(out_dir: pathlib.Path | str, values: dict[str, np.ndarray]) -> pathlib.Path:
+    """The real graph beside a TF checkpoint holding exactly `values` by name (any set of
+    names and shapes, to make broken releases too)."""
+    out_dir = pathlib.Path(out_dir)
+    (out_dir / "variables").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RELEASE_GRAPH, out_dir / "saved_model.pb")
+    names = sorted(values)
+    tf.raw_ops.SaveV2(
+        prefix=str(out_dir / "variables" / "variables"),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(values[name]) for name in names],
+    )
+    return out_dir

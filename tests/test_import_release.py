@@ -6,7 +6,6 @@ these tests are fast; test_release.py runs the real graph.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -14,26 +13,12 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from marco_jax import checkpoints, release
+from marco_jax import checkpoints
 
 tf = pytest.importorskip("tensorflow")
 import release_graph  # noqa: E402  (needs TensorFlow)
 
 pytestmark = pytest.mark.slow  # each import is a process loading TF and JAX: ~3 min on 2 cores
-
-
-def _write_release(directory, values: dict[str, np.ndarray]):
-    """A release directory: the real graph and a TF checkpoint holding `values` by name."""
-    (directory / "variables").mkdir(parents=True)
-    shutil.copy(release_graph.RELEASE_GRAPH, directory / release.GRAPH_FILE)
-    names = sorted(values)
-    tf.raw_ops.SaveV2(
-        prefix=str(directory / release.VARIABLES_PREFIX),
-        tensor_names=names,
-        shape_and_slices=[""] * len(names),
-        tensors=[tf.constant(values[name]) for name in names],
-    )
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,7 @@ def _import(source, workdir) -> subprocess.CompletedProcess:
 
 
 def test_import_writes_a_workdir_with_the_values_as_raw_and_ema_weights(values, tmp_path):
-    source = _write_release(tmp_path / "release", values)
+    source = release_graph.write_release(tmp_path / "release", values)
     result = _import(source, tmp_path / "run")
     assert result.returncode == 0, result.stderr
     _, model, step = checkpoints.load_for_inference(str(tmp_path / "run"), "latest")
@@ -86,7 +71,7 @@ def test_a_directory_that_is_not_the_release_is_refused_naming_the_file(tmp_path
 def test_a_missing_variable_is_named(values, tmp_path):
     name = "Inception/Mixed_7c/Branch_3/Conv2d_0b_1x1/BatchNorm/beta"
     partial = {k: v for k, v in values.items() if k != name}
-    result = _import(_write_release(tmp_path / "release", partial), tmp_path / "run")
+    result = _import(release_graph.write_release(tmp_path / "release", partial), tmp_path / "run")
     assert result.returncode == 2
     assert f"no variable {name}" in result.stderr
     assert not (tmp_path / "run" / "config.json").exists()
@@ -95,6 +80,6 @@ def test_a_missing_variable_is_named(values, tmp_path):
 def test_a_variable_of_another_shape_is_named_with_both_shapes(values, tmp_path):
     name = "Inception/Mixed_6a/Branch_0/Conv2d_1a_1x1/weights"
     wrong = {**values, name: np.zeros((3, 3, 288, 384), np.float32)}  # Table 3's reading
-    result = _import(_write_release(tmp_path / "release", wrong), tmp_path / "run")
+    result = _import(release_graph.write_release(tmp_path / "release", wrong), tmp_path / "run")
     assert result.returncode == 2
     assert f"{name} has shape (3, 3, 288, 384) in the release, (3, 3, 288, 256)" in result.stderr
