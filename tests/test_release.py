@@ -65,7 +65,7 @@ def _classify(tmp_path, *args) -> np.ndarray:
     out = tmp_path / "scores.csv"
     fv = flags.FlagValues()
     classify.define_flags(fv)
-    argv = fv(["classify", *map(str, args), *map(str, release_graph.REAL_DROPS), "--output", out])
+    argv = fv(["classify", *map(str, args), *map(str, release_graph.REAL_DROPS), "--output", str(out)])
     assert classify.main(argv, fv) == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
