@@ -2,11 +2,11 @@
 
   python -m marco_jax.classify --checkpoint WORKDIR [--step best|latest|N] [--raw_weights]
       PATH... --output scores.csv [--batch_size 16] [--tta] [--crystal_threshold X]
-      [--saliency DIR] [--workers N]
+      [--saliency DIR] [--workers N] [--max_megapixels M] [--memory_gb G]
   python -m marco_jax.classify --model EXPORTED PATH... --output scores.csv [...]
 
 PATH: image files, folders (scanned recursively) or text files listing paths (.txt/.lst/.list),
-as `image_io.collect_inputs` describes. JPEG, PNG, TIFF, BMP; 8 or 16 bit; gray, RGB, RGBA,
+as `image_io.scan_inputs` describes. JPEG, PNG, TIFF, BMP; 8 or 16 bit; gray, RGB, RGBA,
 palette, CMYK; the EXIF orientation is applied (`image_io.load_image`). Each image gets the
 evaluation transform (center crop of `central_fraction` of the shorter side, resized to the
 model's size: paper sections 2-3), so a file scores as the same picture would in evaluation.
@@ -27,8 +27,31 @@ Fig 4) for its predicted class, as DIR/<path relative to the inputs' common fold
 CPU (MARCO at 599 px, 2 cores: 0.16 s per image to score, 0.9 s per sample), so keep it for the
 images you want to look at.
 
+The CSV (`classify_csv`) is UTF-8 and safe to open in a spreadsheet: fields with a comma, quote,
+CR or LF are quoted (RFC 4180), and a cell that a spreadsheet would run as a formula (starting
+with = + - @, a tab or CR) starts with an apostrophe. It stays exact for a program: the path
+cell is the path itself unless it starts with "'"; then drop the "'" and percent-decode the rest
+to bytes, which are the file name (a name that is not UTF-8 is written that way, %E9 for a
+Latin-1 e-acute):
+
+  path = classify_csv.path_from_cell(row["path"])  # or, without marco_jax:
+  path = os.fsdecode(urllib.parse.unquote_to_bytes(cell[1:])) if cell[:1] == "'" else cell
+
+Nothing is lost or destroyed: the output must not be an input (an image or list), and it and the
+--saliency folder are written to before scoring starts, so an unwritable place fails at once.
+Rows are written as they are scored to OUTPUT.partial beside the output, which is renamed over
+the output when the run ends; after Ctrl-C or a disk error that file is kept and one line says
+how many rows it holds and where.
+
+Inputs: --max_megapixels refuses larger images unread (decompression bombs; raise it for trusted
+files); --memory_gb bounds the memory the readers fill with decoded images at once (an
+81-megapixel photograph needs about 0.7 GB), whatever --workers is. Folder entries that are not
+scored (other extensions, hidden files) are counted in the summary line.
+
 Exit codes: 0 every file scored; 3 some files could not be read (see the error column);
-2 wrong arguments; 1 a crash. The last line printed is "scored N, failed M".
+2 wrong arguments (one line naming the value and what to do); 4 the CSV or a heat map could not
+be written (finished rows kept); 130 interrupted (finished rows kept); 1 a crash. --help exits 0.
+The last line printed is "scored N, failed M, skipped K (...)".
 """
 
 from __future__ import annotations
@@ -43,9 +66,24 @@ import numpy as np
 import tqdm
 from absl import flags, logging
 from flax import nnx
+from PIL import Image
 
-from marco_jax import augment, classify_io, cli, evaluate, image_io, preprocess, saliency
+from marco_jax import (
+    augment,
+    classify_checks,
+    classify_csv,
+    classify_io,
+    cli,
+    evaluate,
+    image_io,
+    models,
+    preprocess,
+    saliency,
+)
 from marco_jax.labels import CLASS_NAMES
+
+EXIT_OUTPUT_FAILED = 4  # the CSV (or a heat map) could not be written; finished rows are kept
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); finished rows are kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +232,18 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "Threads reading and cropping images.",
         flag_values=fv,
     )
+    flags.DEFINE_float(
+        "max_megapixels",
+        image_io.DEFAULT_MAX_PIXELS / 1e6,
+        "Larger images are refused unread (decompression bombs); raise it for trusted files.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "memory_gb",
+        classify_io.DEFAULT_MEMORY_BUDGET / 2**30,
+        "Memory the readers may fill with decoded images at once, whatever --workers is.",
+        flag_values=fv,
+    )
     flags.mark_flags_as_required(["output"], flag_values=fv)
 
 
@@ -220,53 +270,109 @@ def _check_arguments(fv: flags.FlagValues, paths: Sequence[str]) -> None:
             f"--saliency_samples ({fv.saliency_samples}) must be >= 1 and --saliency_noise "
             f"({fv.saliency_noise}) >= 0."
         )
+    if fv.max_megapixels <= 0 or fv.memory_gb <= 0:
+        raise cli.ArgumentError(
+            f"--max_megapixels ({fv.max_megapixels}) and --memory_gb ({fv.memory_gb}) must be > 0."
+        )
     folder = os.path.dirname(os.path.abspath(fv.output))
     if os.path.isdir(fv.output) or not os.path.isdir(folder):
         raise cli.ArgumentError(
-            f"--output {fv.output} must be a file in an existing folder (the CSV to write)."
+            f"--output {classify_csv.display(fv.output)} must be a file in an existing folder "
+            "(the CSV to write)."
         )
 
 
 def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
-    """The command on parsed flags `fv` and positional PATHs argv[1:]; returns the exit code."""
+    """The command on parsed flags `fv` and positional PATHs argv[1:]; returns the exit code.
+
+    Everything that can be checked is checked before scoring (arguments, inputs, the output
+    and --saliency folders, the model); rows are then written as they are scored
+    (`classify_csv.CsvSink`).
+    """
+    sink = None
     try:
         _check_arguments(fv, argv[1:])
-        paths = image_io.collect_inputs(argv[1:])
+        inputs = image_io.scan_inputs(argv[1:])
+        classify_checks.check_output_is_not_an_input(fv.output, argv[1:], inputs.paths)
+        header = classify_io.csv_header(fv.crystal_threshold)
+        sink = classify_csv.CsvSink(fv.output, header)  # the start-up probe of --output
+        if fv.saliency is not None:
+            classify_checks.probe_folder(fv.saliency, "--saliency")
         model = None  # the NNX network, for saliency
         if fv.checkpoint is not None:
             loaded = evaluate.load(fv.checkpoint, fv.step, use_ema=not fv.raw_weights)
+            _check_checkpoint(loaded, fv.checkpoint)
             model, predictor = loaded.model, checkpoint_predictor(loaded)
         else:
             predictor = exported_predictor(fv.model)
-    except (cli.ArgumentError, image_io.InputListError) as e:
+    except (cli.ArgumentError, image_io.InputListError, classify_csv.OutputError) as e:
+        if sink is not None:
+            sink.abandon()
         cli.fail(str(e))
-    rows = classify_io.score_files(
-        paths,
-        predictor.predict,
-        preprocessing=predictor.preprocessing,
-        batch_size=fv.batch_size,
-        tta=classify_io.ALL_TTA if fv.tta else (),
-        num_workers=fv.workers,
-    )
-    with open(fv.output, "w", newline="", encoding="utf-8") as f:
-        classify_io.write_csv(rows, f, crystal_threshold=fv.crystal_threshold)
-    if fv.saliency is not None:
-        written = write_saliency_maps(
-            rows,
-            model,
-            fv.saliency,
+    max_pixels = int(fv.max_megapixels * 1e6)
+    # Pillow's own guard (a warning at 1x, an error at 2x its limit) follows the flag.
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, image_io.DEFAULT_MAX_PIXELS)
+    rows: list[classify_io.Row] = []
+    try:
+        for row in classify_io.iter_scores(
+            inputs.paths,
+            predictor.predict,
             preprocessing=predictor.preprocessing,
-            num_samples=fv.saliency_samples,
-            noise_fraction=fv.saliency_noise,
-            seed=fv.seed,
-        )
+            batch_size=fv.batch_size,
+            tta=classify_io.ALL_TTA if fv.tta else (),
+            num_workers=fv.workers,
+            max_pixels=max_pixels,
+            memory_budget=int(fv.memory_gb * 2**30),
+        ):
+            sink.write(classify_io.row_cells(row, fv.crystal_threshold))
+            rows.append(row)
+        sink.commit()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\ninterrupted: {sink.failure('interrupted')}\n")
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        failure = e if isinstance(e, classify_csv.OutputError) else sink.failure(e)
+        sys.stderr.write(f"error: writing the CSV failed: {failure}\n")
+        return EXIT_OUTPUT_FAILED
+    if fv.saliency is not None:
+        try:
+            written = write_saliency_maps(
+                rows,
+                model,
+                fv.saliency,
+                preprocessing=predictor.preprocessing,
+                num_samples=fv.saliency_samples,
+                noise_fraction=fv.saliency_noise,
+                seed=fv.seed,
+            )
+        except OSError as e:
+            sys.stderr.write(
+                f"error: writing a heat map under {classify_csv.display(fv.saliency)} failed "
+                f"({e.strerror or e}); the CSV {classify_csv.display(fv.output)} is complete\n"
+            )
+            return EXIT_OUTPUT_FAILED
         logging.info("Wrote %d heat maps under %s", len(written), fv.saliency)
-    print(classify_io.summary_line(rows))
+    print(classify_io.summary_line(rows, inputs.skipped_summary()))
     return classify_io.exit_code(rows)
 
 
+def _check_checkpoint(loaded: evaluate.Loaded, workdir: str) -> None:
+    """The restored arrays must have the shapes the workdir's config.json gives the model."""
+    expected = nnx.eval_shape(lambda: models.create_model(loaded.config))
+    classify_checks.check_checkpoint_matches_config(
+        loaded.model, expected, f"{workdir} (step {loaded.step})"
+    )
+
+
 def run() -> None:
-    cli.run(main, define_flags)
+    """The command line; --help prints the flags and exits 0 (absl's own exit is 1, which
+    this command's exit codes reserve for a crash)."""
+    try:
+        cli.run(main, define_flags)
+    except SystemExit as e:
+        if e.code == 1 and classify_checks.asked_for_help(sys.argv[1:]):
+            raise SystemExit(0) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ Contract of the output:
 """
 
 import collections
-import csv
+import contextlib
 import dataclasses
 import functools
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
@@ -28,7 +29,7 @@ from typing import TextIO
 import numpy as np
 import tqdm
 
-from marco_jax import image_io, preprocess
+from marco_jax import classify_csv, image_io, preprocess
 from marco_jax.labels import CLASS_NAMES, CRYSTALS, NUM_CLASSES
 
 EXIT_ALL_SCORED = 0
@@ -53,6 +54,7 @@ TTA_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 ALL_TTA = tuple(TTA_TRANSFORMS)
 DEFAULT_NUM_WORKERS = 4
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of decoded images in flight (`MemoryBudget`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,62 +88,145 @@ def score_files(
         empty to score each image once as it is.
       progress: draw a progress bar on stderr.
     """
+    return list(
+        iter_scores(
+            paths,
+            predict_fn,
+            preprocessing=preprocessing,
+            batch_size=batch_size,
+            tta=tta,
+            num_workers=num_workers,
+            max_pixels=max_pixels,
+            progress=progress,
+        )
+    )
+
+
+def iter_scores(
+    paths: Sequence[str],
+    predict_fn: PredictFn,
+    *,
+    preprocessing: preprocess.Preprocessing,
+    batch_size: int,
+    tta: Sequence[str] = (),
+    num_workers: int = DEFAULT_NUM_WORKERS,
+    max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool = True,
+) -> Iterator[Row]:
+    """`score_files`, one Row at a time in input order, each as soon as it and every row
+    before it are done, so that a caller can write them as they come (an interruption then
+    loses only the rows in flight).
+
+    memory_budget: bytes the readers may hold in decoded images at once (`MemoryBudget`): an
+      81-megapixel photograph takes about 0.7 GB while it is decoded and cropped, so the
+      number of workers alone does not bound memory.
+    """
     unknown = sorted(set(tta) - set(TTA_TRANSFORMS))
     if unknown:
         raise ValueError(f"Unknown test-time transforms {unknown}; choose from {list(ALL_TTA)}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     transforms = [TTA_TRANSFORMS[name] for name in tta] or [np.asarray]
-    load = functools.partial(_load_and_crop, preprocessing=preprocessing, max_pixels=max_pixels)
+    load = functools.partial(
+        _load_and_crop,
+        preprocessing=preprocessing,
+        max_pixels=max_pixels,
+        budget=MemoryBudget(memory_budget),
+    )
     rows: list[Row | None] = [None] * len(paths)
     prob_sums = np.zeros((len(paths), NUM_CLASSES), np.float64)
     views_done = np.zeros(len(paths), np.int64)
     # Crops waiting for the predictor, each with the index of its input.
     queue: list[tuple[int, np.ndarray]] = []
+    pool = ThreadPoolExecutor(num_workers)
+    bar = tqdm.tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not progress)
 
-    with (
-        ThreadPoolExecutor(num_workers) as pool,
-        tqdm.tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not progress) as bar,
-    ):
+    def predict_queued(count: int) -> None:
+        batch = queue[:count]
+        del queue[:count]
+        probs = _predict_padded(predict_fn, [crop for _, crop in batch], batch_size)
+        for (index, _), p in zip(batch, probs, strict=True):
+            prob_sums[index] += p
+            views_done[index] += 1
+            if views_done[index] == len(transforms):
+                mean = prob_sums[index] / len(transforms)
+                rows[index] = Row(paths[index], tuple(mean.tolist()))
+                bar.update()
 
-        def predict_queued(count: int) -> None:
-            batch = queue[:count]
-            del queue[:count]
-            probs = _predict_padded(predict_fn, [crop for _, crop in batch], batch_size)
-            for (index, _), p in zip(batch, probs, strict=True):
-                prob_sums[index] += p
-                views_done[index] += 1
-                if views_done[index] == len(transforms):
-                    mean = prob_sums[index] / len(transforms)
-                    rows[index] = Row(paths[index], tuple(mean.tolist()))
-                    bar.update()
+    done = 0  # rows[:done] have been yielded
 
+    def finished() -> Iterator[Row]:
+        nonlocal done
+        while done < len(rows) and rows[done] is not None:
+            yield rows[done]
+            rows[done] = None  # yielded: the caller holds it now
+            done += 1
+
+    try:
         # Enough images in flight to fill the next batches while the predictor runs.
         ahead = 2 * max(batch_size, num_workers)
         for index, loaded in enumerate(_ordered_prefetch(pool, load, paths, ahead)):
             if isinstance(loaded, str):
                 rows[index] = Row(paths[index], error=loaded)
                 bar.update()
-                continue
-            queue.extend((index, transform(loaded)) for transform in transforms)
-            while len(queue) >= batch_size:
-                predict_queued(batch_size)
+            else:
+                queue.extend((index, transform(loaded)) for transform in transforms)
+                while len(queue) >= batch_size:
+                    predict_queued(batch_size)
+            yield from finished()
         if queue:
             predict_queued(len(queue))
-    return rows
+        yield from finished()
+    finally:  # also on Ctrl-C or an early close: no queued image is read any more
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+
+
+class MemoryBudget:
+    """Bounds the bytes of decoded images the reader threads hold at once.
+
+    Each read reserves its estimate (`image_io.decode_cost`) before decoding and releases it
+    after cropping; a read waits while the others hold too much. One image larger than the
+    whole budget still runs, alone, so nothing is refused for it.
+    """
+
+    def __init__(self, limit: int):
+        self._limit = max(int(limit), 1)
+        self._used = 0
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(max(int(nbytes), 0), self._limit)
+        with self._condition:
+            self._condition.wait_for(lambda: self._used + nbytes <= self._limit)
+            self._used += nbytes
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._used -= nbytes
+                self._condition.notify_all()
 
 
 def _load_and_crop(
-    path: str, *, preprocessing: preprocess.Preprocessing, max_pixels: int
+    path: str,
+    *,
+    preprocessing: preprocess.Preprocessing,
+    max_pixels: int,
+    budget: MemoryBudget | None = None,
 ) -> np.ndarray | str:
     """The evaluation input for one file, or the reason it cannot be read."""
-    try:
-        image = image_io.load_image(
-            path, max_pixels=max_pixels, fast_dct=preprocessing.jpeg_dct == "fast"
-        )
-    except image_io.ImageReadError as e:
-        return e.reason
-    return preprocessing.eval_transform(image)
+    reservation = budget.reserve(image_io.decode_cost(path)) if budget else contextlib.nullcontext()
+    with reservation:
+        try:
+            image = image_io.load_image(
+                path, max_pixels=max_pixels, fast_dct=preprocessing.jpeg_dct == "fast"
+            )
+        except image_io.ImageReadError as e:
+            return e.reason
+        return preprocessing.eval_transform(image)
 
 
 def _ordered_prefetch(
@@ -175,24 +260,38 @@ def csv_header(crystal_threshold: float | None = None) -> list[str]:
     return ["path", "prediction", *(f"p_{name}" for name in CLASS_NAMES), *flag, "error"]
 
 
+def row_cells(row: Row, crystal_threshold: float | None = None) -> list[str]:
+    """The CSV cells of one row (probabilities with 6 decimals), safe in a spreadsheet and
+    exact for a program (`classify_csv`: the path cell, and how to read the path back)."""
+    scores = [""] * NUM_CLASSES if row.probs is None else [f"{p:.6f}" for p in row.probs]
+    flag = []
+    if crystal_threshold is not None:
+        flag = [""] if row.probs is None else [str(int(row.probs[CRYSTALS] >= crystal_threshold))]
+    return [
+        classify_csv.path_cell(row.path),
+        row.prediction,
+        *scores,
+        *flag,
+        classify_csv.text_cell(row.error),
+    ]
+
+
 def write_csv(rows: Iterable[Row], stream: TextIO, crystal_threshold: float | None = None) -> None:
-    """Writes the header and one line per row (probabilities with 6 decimals)."""
+    """Writes the header and one line per row (`row_cells`); `stream` must be UTF-8."""
     if crystal_threshold is not None and not 0.0 <= crystal_threshold <= 1.0:
         raise ValueError(f"crystal_threshold must be in [0, 1], got {crystal_threshold}.")
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(csv_header(crystal_threshold))
+    stream.write(classify_csv.csv_line(csv_header(crystal_threshold)))
     for row in rows:
-        scores = [""] * NUM_CLASSES if row.probs is None else [f"{p:.6f}" for p in row.probs]
-        flag = []
-        if crystal_threshold is not None:
-            flag = [""] if row.probs is None else [int(row.probs[CRYSTALS] >= crystal_threshold)]
-        writer.writerow([row.path, row.prediction, *scores, *flag, row.error])
+        stream.write(classify_csv.csv_line(row_cells(row, crystal_threshold)))
 
 
 def exit_code(rows: Sequence[Row]) -> int:
     return EXIT_SOME_FAILED if any(row.error for row in rows) else EXIT_ALL_SCORED
 
 
-def summary_line(rows: Sequence[Row]) -> str:
+def summary_line(rows: Sequence[Row], skipped: str | None = None) -> str:
+    """The run's last line: "scored N, failed M", then ", skipped K (...)" when `skipped`
+    (`Inputs.skipped_summary`) is given."""
     failed = sum(1 for row in rows if row.error)
-    return f"scored {len(rows) - failed}, failed {failed}"
+    line = f"scored {len(rows) - failed}, failed {failed}"
+    return line if skipped is None else f"{line}, skipped {skipped}"

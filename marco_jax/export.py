@@ -753,7 +753,16 @@ def _load_onnx(path: pathlib.Path, num_threads: int):
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = num_threads
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:  # ONNX Runtime's errors derive from Exception only
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"{path} is not a readable ONNX model (ONNX Runtime: {reason}); the file is damaged "
+            "or not an ONNX model: export the checkpoint again with marco_jax.export."
+        ) from None
     recorded = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     metadata = json.loads(recorded) if recorded else None
     return metadata, lambda images: session.run(["scores"], {"images": images})[0]
@@ -778,19 +787,23 @@ def load_exported(path: str | os.PathLike, num_threads: int | None = None) -> Ex
     """
     fmt = format_of(path)
     metadata, predict = _LOADERS[fmt](pathlib.Path(path), num_threads or _usable_cores())
-    if metadata is None:
-        raise ValueError(
-            f"{path} holds no marco_jax metadata (image size, central fraction, class names): "
-            "it was not written by marco_jax.export; export the checkpoint with it."
-        )
-    return ExportedModel(
-        path=str(path),
-        format=fmt,
-        preprocessing=preprocess.Preprocessing.from_metadata(metadata),
-        class_names=tuple(metadata["class_names"]),
-        provenance=metadata.get("provenance", {}),
-        predict=predict,
+    no_metadata = (
+        f"{path} holds no marco_jax metadata (image size, central fraction, class names): "
+        "it was not written by marco_jax.export; export the checkpoint with it."
     )
+    if not isinstance(metadata, dict):
+        raise ValueError(no_metadata)
+    try:
+        return ExportedModel(
+            path=str(path),
+            format=fmt,
+            preprocessing=preprocess.Preprocessing.from_metadata(metadata),
+            class_names=tuple(metadata["class_names"]),
+            provenance=metadata.get("provenance", {}),
+            predict=predict,
+        )
+    except (KeyError, TypeError) as e:  # metadata without a field, or of the wrong kind
+        raise ValueError(f"{no_metadata} (missing or malformed: {e})") from None
 
 
 # ----------------------------------------------------------------------------- command line

@@ -121,6 +121,19 @@ def load_image(
             raise ImageReadError(path, str(e)) from e
 
 
+def decode_cost(path: str) -> int:
+    """The bytes `load_image(path)` and a crop of it hold at their peak, estimated from the
+    header alone: three uint8 RGB copies of the picture plus the file (measured: 2.4 copies
+    for an 81-megapixel JPEG read and cropped to 599 px). 0 when the header cannot be read
+    (the read then fails at once)."""
+    try:
+        with Image.open(path, formats=SUPPORTED_FORMATS) as image:
+            width, height = image.size
+        return 3 * 3 * width * height + os.path.getsize(path)
+    except Exception:  # any failure: load_image will name it, holding nothing
+        return 0
+
+
 def _read_jpeg(path: str, image: Image.Image, fast_dct: bool) -> np.ndarray:
     orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     try:

@@ -90,7 +90,9 @@ def test_mixed_folder_scores_every_good_file_and_names_every_bad_one(trained_wor
         cwd=REPO,
     )
     assert result.returncode == classify_io.EXIT_SOME_FAILED == 3, result.stderr[-3000:]
-    assert result.stdout.splitlines()[-1] == (f"scored {len(GOOD_FILES)}, failed {len(BAD_FILES)}")
+    assert result.stdout.splitlines()[-1] == (
+        f"scored {len(GOOD_FILES)}, failed {len(BAD_FILES)}, skipped 0"
+    )
     lines = _rows(out)
     assert [line["path"] for line in lines] == image_io.collect_inputs([str(folder)])
     by_name = {os.path.basename(line["path"]): line for line in lines}
@@ -125,7 +127,7 @@ def test_all_good_exits_zero_and_writes_heat_maps(trained_workdir, good_folder, 
         "--saliency_samples=2",
     )
     assert code == classify_io.EXIT_ALL_SCORED == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "scored 6, failed 0"
+    assert capsys.readouterr().out.splitlines()[-1] == "scored 6, failed 0, skipped 0"
     lines = _rows(out)
     assert len(lines) == 6 and all(line["error"] == "" for line in lines)
     for line in lines:

@@ -1,0 +1,116 @@
+"""What `classify` checks before it scores anything, so that a run never destroys an input,
+never fails only after all the work, and never scores with a model its workdir misdescribes
+(issue 12, classify items 2, 4 and 7).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+from marco_jax import classify_csv, cli
+
+# The first bytes of the formats classify reads (a file starting so is a picture, not a CSV).
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"BM")
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def check_output_is_not_an_input(
+    output: str, arguments: Sequence[str], inputs: Sequence[str]
+) -> None:
+    """Refuses an --output that names an input: an image or list to score, or a PATH given.
+
+    Also refuses an existing output whose content is an image (a photograph the CSV would
+    replace), even when that image is not among the inputs.
+
+    Raises:
+      cli.ArgumentError: naming the input and what to do.
+    """
+    target = os.path.realpath(output)
+    for path in (*arguments, *inputs):
+        if os.path.realpath(path) == target or _same_file(path, output):
+            raise cli.ArgumentError(
+                f"--output {classify_csv.display(output)} is the input "
+                f"{classify_csv.display(path)}: the CSV would overwrite it. Choose another "
+                "output file (e.g. scores.csv)."
+            )
+    if os.path.isfile(output) and _starts_like_an_image(output):
+        raise cli.ArgumentError(
+            f"--output {classify_csv.display(output)} exists and is an image, not a CSV: "
+            "the CSV would overwrite it. Choose another output file (e.g. scores.csv)."
+        )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _starts_like_an_image(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8).startswith(_IMAGE_SIGNATURES)
+    except OSError:
+        return False
+
+
+def probe_folder(folder: str, flag: str) -> None:
+    """Creates `folder` if needed and writes (then removes) a file in it.
+
+    Raises:
+      cli.ArgumentError: the folder cannot be created or written, before any scoring.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".classify-probe-"):
+            pass
+    except OSError as e:
+        raise cli.ArgumentError(
+            f"{flag} {classify_csv.display(folder)} cannot be written: {e.strerror or e} "
+            "(checked before scoring; choose a writable folder)."
+        ) from e
+
+
+def check_checkpoint_matches_config(model: nnx.Module, expected: nnx.Module, where: str) -> None:
+    """Refuses a checkpoint whose arrays do not have the shapes the workdir's config.json
+    describes (a config replaced after training, e.g. a 151 px config over a 599 px run).
+
+    `expected`: the config's network, abstract (`nnx.eval_shape`); `model`: the restored one.
+
+    Raises:
+      cli.ArgumentError: naming the first differing array and both shapes.
+    """
+    have = _shapes(model)
+    want = _shapes(expected)
+    for name in sorted(set(have) | set(want)):
+        if have.get(name) != want.get(name):
+            raise cli.ArgumentError(
+                f"{where}: the checkpoint does not match config.json: {name} has shape "
+                f"{_shape_text(have.get(name))} in the checkpoint but "
+                f"{_shape_text(want.get(name))} for the model config.json describes "
+                "(config.json was changed after training?). Restore the run's own config.json."
+            )
+
+
+def _shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    state = nnx.state(model, nnx.Param, nnx.BatchStat)
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+        if hasattr(leaf, "shape")
+    }
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else str(tuple(shape))
+
+
+def asked_for_help(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for absl's help (which exits 1, the crash code)."""
+    return any(arg.split("=", 1)[0] in HELP_FLAGS for arg in argv)
