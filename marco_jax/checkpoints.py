@@ -26,8 +26,10 @@ one line, instead of thousands of lines of asyncio tracebacks.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging as std_logging
+import sys
 import time
 from typing import Any
 
@@ -38,6 +40,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from marco_jax import models
 
@@ -165,8 +168,30 @@ def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
 
 
 def _one_line(error: BaseException) -> str:
+    """`error` in one line of at most ~300 characters; the OS's reason, if any, first."""
     text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) < 300 else text[:297] + "..."
+    reason = next(
+        (
+            e.strerror
+            for e in _chain(error)
+            if isinstance(e, OSError) and e.strerror and e.strerror not in text
+        ),
+        None,
+    )
+    for known in ("No space left on device", "Disk quota exceeded", "Read-only file system"):
+        if known in text and reason is None:
+            reason = known
+    if len(text) > 300:
+        text = text[:160] + " ... " + text[-130:]
+    return f"{reason}: {text}" if reason else text
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
 
 
 def _remove_tmp_dirs(manager: ocp.CheckpointManager) -> list[str]:
@@ -182,11 +207,13 @@ def _remove_tmp_dirs(manager: ocp.CheckpointManager) -> list[str]:
 
 
 class QuietOrbax:
-    """Silences Orbax's and asyncio's loggers while failing I/O unwinds.
+    """Silences Orbax's and asyncio's loggers and unraisable exceptions while failing I/O unwinds.
 
-    A failed write or read is reported by every pending tensorstore future of every array, as
-    "Event loop is closed" tracebacks by the hundred; the one error that matters is raised and
-    reported by the caller instead.
+    A failed write or read is reported by every pending tensorstore future of every array:
+    "Exception ignored in: <coroutine ...>" and "Event loop is closed" tracebacks by the
+    hundred, printed when the abandoned coroutines are garbage collected. They are collected
+    here, under a hook that drops them; the one error that matters is raised and reported by
+    the caller instead.
     """
 
     _NAMES = ("absl", "asyncio", "orbax", "jax._src.distributed")
@@ -195,9 +222,18 @@ class QuietOrbax:
         self._levels = [std_logging.getLogger(n).level for n in self._NAMES]
         for name in self._NAMES:
             std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
+        self._hook = sys.unraisablehook
+        self.dropped = 0
+        sys.unraisablehook = self._drop
         return self
 
+    def _drop(self, unraisable: Any) -> None:
+        self.dropped += 1
+
     def __exit__(self, *exc_info) -> None:
+        if exc_info[0] is not None:
+            gc.collect()  # the failed operation's coroutines, while their noise is dropped
+        sys.unraisablehook = self._hook
         for name, level in zip(self._NAMES, self._levels, strict=True):
             std_logging.getLogger(name).setLevel(level)
 
@@ -328,7 +364,8 @@ def restore_latest(
             failures.append((step, _one_line(e)))
             continue
         for bad, reason in failures:
-            where = _set_aside(manager, bad)
+            # One process moves; every process has read the same files and judged alike.
+            where = _set_aside(manager, bad) if jax.process_index() == 0 else "(process 0)"
             logging.warning(
                 "Checkpoint %d in %s is unreadable or corrupt (%s); moved it to %s and resumed "
                 "from checkpoint %d, the newest good one.",
@@ -339,6 +376,8 @@ def restore_latest(
                 step,
             )
         if failures:
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("marco_jax.checkpoints.set_aside")
             manager.reload()
         return state, progress
     details = "; ".join(f"step {s}: {reason}" for s, reason in failures)
@@ -357,7 +396,7 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / (CONFIG_FILE + ".tmp")
     tmp.write_text(config.to_json_best_effort(indent=2))
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -222,8 +222,11 @@ def _stored_changes(
     training batches: the checkpoints belong to the stored config.
     """
     path = epath.Path(workdir) / checkpoints.CONFIG_FILE
-    if not path.exists():
-        return None
+    trained = epath.Path(workdir) / checkpoints.CHECKPOINT_DIR
+    if not path.exists() or not (
+        trained.exists() and any(p.name.isdigit() for p in trained.iterdir())
+    ):
+        return None  # nothing trained yet that a change could contradict
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as e:
