@@ -55,6 +55,11 @@ def decode_jpeg(data: bytes, *, fast_dct: bool = False) -> np.ndarray:
     try:
         _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError as e:
+        if b"\xff\xda" not in data:  # no start-of-scan: cut inside the header segments
+            raise JpegDecodeError(
+                f"truncated image data (the file ends before its image data starts): libjpeg: {e}",
+                str(e),
+            ) from None
         raise _jpeg_error(str(e)) from None
     cmyk = colorspace in ("CMYK", "YCCK")
 

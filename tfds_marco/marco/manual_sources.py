@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from etils import epath
 from PIL import Image
 
+from marco_jax import image_io
 from marco_jax.labels import CLASS_NAMES
 
 TRAIN, TEST = "train", "test"
@@ -126,23 +127,46 @@ def split_of_name(name: str) -> str | None:
 def prepare_image(data: bytes) -> tuple[bytes | None, str]:
     """The bytes to store for an image, or (None, why it is unusable).
 
-    Decoding it fully (`load()`) is what catches truncated JPEGs. JPEG and PNG in RGB or grey
-    are stored untouched (no recompression loss); anything else is re-encoded as RGB PNG so that
-    every stored image decodes to 3 channels.
+    A JPEG is decoded strictly (`image_io.decode_jpeg`: damaged scan data that Pillow would
+    pad with grey is refused); anything else is decoded fully (`load()`), which catches
+    truncated files. JPEG and PNG in RGB or grey are stored untouched (no recompression loss);
+    anything else is converted by `image_io.to_rgb8` (16-bit samples keep their high byte, as
+    in classify, instead of Pillow's saturating conversion; transparency onto white) and
+    re-encoded as RGB PNG, so that every stored image decodes to 3 channels.
     """
     if not data:
         return None, "empty file"
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if (img.format, img.mode) in _KEEP_AS_IS:
-                return data, ""
-            rgb = img.convert("RGB")
+        if data.startswith(b"\xff\xd8\xff"):
+            pixels = image_io.decode_jpeg(data)
+            with Image.open(io.BytesIO(data)) as img:
+                if (img.format, img.mode) in _KEEP_AS_IS:
+                    return data, ""
+        else:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                if (img.format, img.mode) in _KEEP_AS_IS:
+                    return data, ""
+                pixels = image_io.to_rgb8(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return None, f"not a decodable image: {type(e).__name__}: {e}"
+        reason = e.reason if isinstance(e, image_io.JpegDecodeError) else f"{type(e).__name__}: {e}"
+        return None, f"not a decodable image: {reason}"
     buf = io.BytesIO()
-    rgb.save(buf, "PNG")
+    Image.fromarray(pixels).save(buf, "PNG")
     return buf.getvalue(), ""
+
+
+def why_no_items(manual_dir: epath.Path, layout: str) -> str:
+    """Why a csv or folders layout listed no image, in words."""
+    if layout == "csv":
+        return "its CSV files list no existing image"
+    tops = sorted(p for p in manual_dir.iterdir() if p.is_dir())
+    roots = [p for p in tops if p.name.lower() in _SPLIT_NAMES] or [manual_dir]
+    labels = [p for root in roots for p in sorted(root.iterdir()) if p.is_dir()]
+    if not labels:
+        return "there is no <label>/ folder (one folder per label, images inside)"
+    names = ", ".join(_relative(p, manual_dir) + "/" for p in labels[:8])
+    return f"the label folders ({names}) hold no files"
 
 
 def files_under(root: epath.Path) -> list[epath.Path]:
@@ -219,6 +243,7 @@ def list_csv_items(manual_dir: epath.Path) -> tuple[list[Item], list[Skipped]]:
     A CSV named train*.csv or test*.csv puts its images in that split.
     """
     items, skipped = [], []
+    first_seen: dict[str, tuple[str, str | None]] = {}  # filename -> (where, split)
     for csv_path in sorted(p for p in manual_dir.iterdir() if _is_list_csv(p, manual_dir)):
         for number, row in _csv_rows(csv_path):
             if len(row) < 2:
@@ -229,10 +254,31 @@ def list_csv_items(manual_dir: epath.Path) -> tuple[list[Item], list[Skipped]]:
                 continue
             source = row[2] if len(row) > 2 else ""
             split = split_of_name(csv_path.stem)
-            items.append(Item(path, _relative(path, manual_dir), row[1], source, split))
+            filename = _relative(path, manual_dir)
+            where = f"{csv_path}:{number}"
+            if filename in first_seen:
+                _refuse_listed_twice(filename, first_seen[filename], (where, split))
+            first_seen[filename] = (where, split)
+            items.append(Item(path, filename, row[1], source, split))
     files = [p for p in files_under(manual_dir) if not _is_list_csv(p, manual_dir)]
     used = {it.filename for it in items}
     return items, skipped + _unused(files, used, manual_dir, "not listed in any CSV")
+
+
+def _refuse_listed_twice(
+    filename: str, first: tuple[str, str | None], again: tuple[str, str | None]
+) -> None:
+    """One image on two CSV rows: in two splits the test set would leak into training; in one
+    split TFDS would stop on a duplicated key without naming the file."""
+    (where_a, split_a), (where_b, split_b) = first, again
+    if split_a and split_b and split_a != split_b:
+        raise ValueError(
+            f"{filename} is listed in both {where_a} ({split_a}) and {where_b} ({split_b}): the "
+            "test set would leak into training. Keep it in one split's CSV."
+        )
+    raise ValueError(
+        f"{filename} is listed twice, at {where_a} and at {where_b}: remove one of the rows."
+    )
 
 
 def read_tfrecord_shard(path: epath.Path) -> Iterator[tuple[int, dict | None, str]]:

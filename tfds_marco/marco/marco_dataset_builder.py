@@ -18,10 +18,15 @@ from PIL import Image
 
 from marco_jax import synthetic
 from marco_jax.labels import CLASS_NAMES
+from tfds_marco.marco import build_inputs
 from tfds_marco.marco import manual_sources as ms
+from tfds_marco.marco.manual_reader import (  # noqa: F401  (LABEL_MAP_PATH: re-exported)
+    LABEL_MAP_PATH,
+    OVERLAPS_NAME,
+    SKIPPED_FILES_NAME,
+    ManualReader,
+)
 
-LABEL_MAP_PATH = epath.Path(__file__).parent / "label_map.tsv"
-SKIPPED_FILES_NAME = "skipped_files.tsv"
 # Table 2 of the paper, training images per class (crystals, precipitate, clear, other): pass
 # as `class_weights` to render synthetic data with the release's class imbalance.
 PAPER_TRAIN_COUNTS = (56_672, 212_541, 148_861, 24_856)
@@ -140,8 +145,40 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             }
         if config.kind != "manual":
             raise ValueError(f"MarcoConfig.kind must be 'manual' or 'synthetic', got {config.kind}")
-        self._reader = _ManualReader(config, epath.Path(dl_manager.manual_dir))
+        self._reader = ManualReader(config, epath.Path(dl_manager.manual_dir))
+        # Recorded before reading, so that a change made during the build shows next time.
+        self._inputs = self._reader.manifest()
         return {s: self._generate_examples(ex, report=True) for s, ex in self._reader.splits()}
+
+    def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs):
+        """TFDS's, but a prepared `full` dataset is reused only if its inputs are unchanged
+        (`build_inputs`): otherwise the build stops, naming what changed."""
+        mode = getattr(download_config, "download_mode", None)
+        reuse = mode is None or not mode.overwrite_dataset
+        if self.builder_config.kind == "manual" and reuse and self.data_path.exists():
+            self._check_inputs_unchanged(getattr(download_config, "manual_dir", None))
+        return super().download_and_prepare(
+            download_dir=download_dir, download_config=download_config, **kwargs
+        )
+
+    def _check_inputs_unchanged(self, manual_dir) -> None:
+        stored = build_inputs.read(self.data_path / build_inputs.BUILD_INPUTS_NAME)
+        if stored is None:
+            logging.warning(
+                "marco/%s: %s records no inputs (built by an older version): it is reused "
+                "unchecked; rebuild it (build(..., rebuild=True)) to record them.",
+                self.builder_config.name,
+                self.data_path,
+            )
+            return
+        reader = ManualReader(self.builder_config, epath.Path(manual_dir or stored["manual_dir"]))
+        found = build_inputs.changes(stored, reader.manifest())
+        if found:
+            raise build_inputs.BuildInputsChangedError(
+                f"marco/{self.builder_config.name} in {self.data_path} was built from other "
+                f"inputs than those there now: {'; '.join(found)}. Rebuild it with "
+                "build(..., rebuild=True), or delete that directory, or use another data_dir."
+            )
 
     def _generate_examples(self, examples, report: bool = False):
         """One split's (key, example) pairs; then the skip list is (re)written next to the data,
@@ -171,153 +208,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             )
 
     def _post_download_and_prepare_hook(self) -> None:
-        """The totals, once the dataset sits in its final directory."""
+        """The totals and the record of the inputs, once the dataset sits in its final
+        directory."""
         if getattr(self, "_reader", None) is not None:
+            build_inputs.write(self.data_path / build_inputs.BUILD_INPUTS_NAME, self._inputs)
             self._reader.log_totals(self.data_path / SKIPPED_FILES_NAME)
-
-
-class _ManualReader:
-    """Turns the manual directory into examples, keeping the list of what it had to skip."""
-
-    def __init__(self, config: MarcoConfig, manual_dir: epath.Path):
-        self.config, self.manual_dir = config, manual_dir
-        self.map_path = epath.Path(config.label_map) if config.label_map else LABEL_MAP_PATH
-        self.table = ms.load_label_map(self.map_path)
-        corrections = epath.Path(
-            config.corrected_labels or manual_dir / ms.CORRECTED_LABELS_FILENAME
-        )
-        if config.corrected_labels and not corrections.exists():
-            raise FileNotFoundError(f"MarcoConfig.corrected_labels: no file {corrections}")
-        self.corrected = (
-            ms.load_corrected_labels(corrections, self.table, self.map_path)
-            if corrections.exists()
-            else {}
-        )
-        self.corrections_used: set[str] = set()
-        self.skipped: dict[str, ms.Skipped] = {}
-
-    def splits(self):
-        """(split, examples) for every split that gets at least one image."""
-        layout = self.config.layout
-        if layout == "auto":
-            layout = ms.detect_layout(self.manual_dir)
-        logging.info("marco/%s: reading %s, %s layout", self.config.name, self.manual_dir, layout)
-        if layout == "tfrecord":
-            shards, skipped = ms.list_tfrecord_shards(self.manual_dir)
-            self.note_skipped(skipped)
-            unsplit = shards.get(None, [])
-            for split in (ms.TRAIN, ms.TEST):
-                if shards.get(split) or unsplit:
-                    yield split, self._tfrecord_examples(split, shards.get(split, []), unsplit)
-            return
-        if layout not in ("csv", "folders"):
-            raise ValueError(f"MarcoConfig.layout must be auto/tfrecord/csv/folders, got {layout}")
-        lister = ms.list_csv_items if layout == "csv" else ms.list_folder_items
-        items, skipped = lister(self.manual_dir)
-        self.note_skipped(skipped)
-        by_split: dict[str, list] = {ms.TRAIN: [], ms.TEST: []}
-        for item in items:  # Map every label before decoding anything: fail fast.
-            label = ms.map_label(item.original_label, self.table, item.filename, self.map_path)
-            split = item.split or ms.hash_split(item.filename, self.config.test_fraction)
-            by_split[split].append((item, label))
-        for split, entries in by_split.items():
-            if entries:
-                yield split, self._file_examples(entries)
-            else:
-                logging.warning(
-                    "marco/%s: no image falls in split %r (%d images, test_fraction=%s): the "
-                    "split is not created.",
-                    self.config.name,
-                    split,
-                    len(items),
-                    self.config.test_fraction,
-                )
-
-    def _file_examples(self, entries):
-        for item, label in entries:
-            data, reason = ms.prepare_image(item.path.read_bytes())
-            if data is None:
-                self.note_skipped([ms.Skipped(item.filename, reason)])
-                continue
-            yield (
-                item.filename,
-                self._example(data, label, item.original_label, item.source, item.filename),
-            )
-
-    def _tfrecord_examples(self, split, shards, unsplit):
-        for shard in shards + unsplit:
-            shard_name = shard.relative_to(self.manual_dir).as_posix()
-            for index, record, error in ms.read_tfrecord_shard(shard):
-                key = f"{shard_name}#{index}"
-                if record is None:
-                    self.note_skipped([ms.Skipped(shard_name, error)])
-                    continue
-                filename = record["filename"] or key
-                test_fraction = self.config.test_fraction
-                if shard in unsplit and ms.hash_split(filename, test_fraction) != split:
-                    continue
-                where = f"{key} ({filename})"
-                data, reason = ms.prepare_image(record["encoded"])
-                if data is None:
-                    self.note_skipped([ms.Skipped(where, reason)])
-                    continue
-                original = record["label_text"] or self._int_label(record["label_int"], where)
-                label = ms.map_label(original, self.table, where, self.map_path)
-                yield key, self._example(data, label, original, record["source"], filename)
-
-    def _int_label(self, value: int | None, where: str) -> str:
-        """The release's shards carry image/class/text; this serves shards that do not."""
-        names = self.config.tfrecord_int_labels
-        if names is None or value is None or not 0 <= value < len(names):
-            raise ms.UnknownLabelError(
-                f"{where}: the record has no image/class/text and image/class/label={value} "
-                f"cannot be named; set MarcoConfig(tfrecord_int_labels=(...)) to the label names "
-                f"in index order (got {names})."
-            )
-        return names[value]
-
-    def _example(self, image: bytes, label: str, original: str, source: str, filename: str):
-        """A corrected label, matched on the full filename or else its base name, wins."""
-        for key in (filename, filename.rsplit("/", 1)[-1]):
-            if key in self.corrected:
-                self.corrections_used.add(key)
-                label = self.corrected[key]
-                break
-        return {
-            "image": image,
-            "label": label,
-            "source": source,
-            "original_label": original,
-            "filename": filename,
-        }
-
-    def note_skipped(self, skipped: list[ms.Skipped]) -> None:
-        for s in skipped:
-            if s.path not in self.skipped:
-                logging.warning("marco/%s: skipped %s: %s", self.config.name, s.path, s.reason)
-                self.skipped[s.path] = s
-
-    def write_report(self, path: epath.Path) -> None:
-        rows = ["path\treason"] + [f"{s.path}\t{s.reason}" for s in self.skipped.values()]
-        path.write_text("\n".join(rows) + "\n")
-
-    def log_totals(self, report: epath.Path) -> None:
-        name = self.config.name
-        logging.warning("marco/%s: %d files skipped, listed in %s", name, len(self.skipped), report)
-        unused = sorted(set(self.corrected) - self.corrections_used)
-        if unused:
-            logging.warning(
-                "marco/%s: %d corrected labels matched no image, e.g. %s",
-                name,
-                len(unused),
-                unused[:5],
-            )
 
 
 def build(
     config: str | MarcoConfig = "synthetic",
     data_dir: str | None = None,
     manual_dir: str | None = None,
+    rebuild: bool = False,
     **overrides,
 ) -> Builder:
     """Builds the dataset once (array_record) and returns its builder; later calls reuse it.
@@ -325,6 +227,10 @@ def build(
     `overrides` change fields of a named config (e.g. `build("synthetic", num_train=200)`);
     the result gets its own config name, derived from them, so it never clobbers the original.
     Read it with `builder.as_data_source(split="train")`.
+
+    A prepared `full` dataset is reused only while its inputs are those it was built from
+    (`build_inputs`); otherwise BuildInputsChangedError names the change. rebuild=True builds
+    it again from the inputs as they are now, replacing the old one.
     """
     if isinstance(config, str):
         base = {c.name: c for c in Builder.BUILDER_CONFIGS}[config]
@@ -336,6 +242,10 @@ def build(
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     builder = Builder(config=config, data_dir=data_dir)
+    if rebuild and builder.data_path.exists():
+        logging.warning("marco/%s: rebuilding %s", config.name, builder.data_path)
+        builder.data_path.rmtree()
+        builder = Builder(config=config, data_dir=data_dir)  # without the old DatasetInfo
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     # array_record: random access, which grain needs (tfds.data_source / as_data_source).
     builder.download_and_prepare(file_format="array_record", download_config=download_config)
