@@ -155,3 +155,19 @@ def test_an_empty_class_is_warned_about(tmp_path, monkeypatch):
     build("full", data_dir=str(tmp_path / "d"), manual_dir=str(manual), test_fraction=0)
     expected = "split 'train' has no image of class 'precipitate', 'other' (2 images in the split)"
     assert any(expected in w for w in warnings), warnings
+
+
+def test_identical_images_in_train_and_test_shards_are_reported(tmp_path):
+    from test_dataset_full import _tfrecord
+
+    manual = tmp_path / "m"
+    manual.mkdir()
+    same = _jpeg((5, 6, 7))
+    _tfrecord(manual / "train-00000-of-00001", [{"image": same, "text": "Clear", "int": 0,
+                                                   "name": "a.jpg"}])  # fmt: skip
+    _tfrecord(manual / "test-00000-of-00001", [{"image": same, "text": "Clear", "int": 0,
+                                                  "name": "b.jpg"}])  # fmt: skip
+    builder = build("full", data_dir=str(tmp_path / "d"), manual_dir=str(manual))
+    assert (builder.data_path / OVERLAPS_NAME).read_text() == (
+        "train\ttest\ntrain-00000-of-00001#0 (a.jpg)\ttest-00000-of-00001#0 (b.jpg)\n"
+    )

@@ -110,13 +110,9 @@ class ManualReader:
         return label
 
     def _file_examples(self, split: str, entries):
-        other = self.digests[ms.TEST if split == ms.TRAIN else ms.TRAIN]
         for item, label in entries:
             raw = item.path.read_bytes()
-            digest = hashlib.sha256(raw).hexdigest()
-            if digest in other:  # the same picture in train and test: reported at the end
-                self.overlaps.append((other[digest], item.filename))
-            self.digests[split].setdefault(digest, item.filename)
+            self._note_digest(split, raw, item.filename)
             data, reason = ms.prepare_image(raw)
             if data is None:
                 self.note_skipped([ms.Skipped(item.filename, reason)])
@@ -125,6 +121,16 @@ class ManualReader:
                 item.filename,
                 self._example(data, label, item.original_label, item.source, item.filename),
             )
+
+    def _note_digest(self, split: str, data: bytes, name: str) -> None:
+        """Remembers the image's bytes; the same bytes in the other split are an overlap (the
+        test set leaking into training), reported at the end as (train name, test name)."""
+        digest = hashlib.sha256(data).hexdigest()
+        other = self.digests[ms.TEST if split == ms.TRAIN else ms.TRAIN]
+        if digest in other:
+            pair = (other[digest], name) if split == ms.TEST else (name, other[digest])
+            self.overlaps.append(pair)
+        self.digests[split].setdefault(digest, name)
 
     def _tfrecord_examples(self, split, shards, unsplit):
         for shard in shards + unsplit:
@@ -139,6 +145,7 @@ class ManualReader:
                 if shard in unsplit and ms.hash_split(filename, test_fraction) != split:
                     continue
                 where = f"{key} ({filename})"
+                self._note_digest(split, record["encoded"], where)
                 data, reason = ms.prepare_image(record["encoded"])
                 if data is None:
                     self.note_skipped([ms.Skipped(where, reason)])
