@@ -102,7 +102,7 @@ def _choice(choices: Iterable[Any]) -> Callable[[Any], str | None]:
     choices = tuple(choices)
 
     def check(value: Any) -> str | None:
-        return None if value in choices else f"must be one of {choices}"
+        return None if value in choices else f"is unknown; use one of {choices}"
 
     return check
 
