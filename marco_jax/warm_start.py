@@ -22,6 +22,7 @@ from flax import nnx, traverse_util
 from marco_jax import checkpoints, models, release
 
 HEADS = ("Logits", "AuxLogits")
+RELEASE_IMAGE_SIZE = 599
 
 
 def _source_weights(source: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -31,6 +32,9 @@ def _source_weights(source: str, config: ml_collections.ConfigDict) -> dict[str,
         donor_config = ml_collections.ConfigDict(config.to_dict())
         donor_config.model.num_classes = len(release.RELEASE_CLASS_NAMES)
         donor_config.model.aux_logits = True
+        # The release's input size (graph: ResizeBilinear to 599x599), which sets its AuxLogits
+        # kernel to 5x5; our network at another size then leaves that kernel fresh.
+        donor_config.model.image_size = RELEASE_IMAGE_SIZE
         donor = models.create_model(donor_config)
         release.load_into(donor, release.read_variables(path))
         _, params, batch_stats = nnx.split(donor, nnx.Param, nnx.BatchStat)
