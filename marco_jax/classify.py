@@ -309,6 +309,10 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
         if sink is not None:
             sink.abandon()
         cli.fail(str(e))
+    except BaseException:  # Ctrl-C or a crash while loading: nothing scored, nothing left
+        if sink is not None:
+            sink.abandon()
+        raise
     max_pixels = int(fv.max_megapixels * 1e6)
     # Pillow's own guard (a warning at 1x, an error at 2x its limit) follows the flag.
     Image.MAX_IMAGE_PIXELS = max(max_pixels, image_io.DEFAULT_MAX_PIXELS)
@@ -334,6 +338,9 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
         failure = e if isinstance(e, classify_csv.OutputError) else sink.failure(e)
         sys.stderr.write(f"error: writing the CSV failed: {failure}\n")
         return EXIT_OUTPUT_FAILED
+    except Exception as e:  # a crash (exit 1, with its traceback): say where the rows are
+        sys.stderr.write(f"error: {type(e).__name__} while scoring: {sink.failure(e)}\n")
+        raise
     if fv.saliency is not None:
         try:
             written = write_saliency_maps(

@@ -438,3 +438,28 @@ def test_rows_stream_in_input_order_as_they_finish(tmp_path):
     buffer = io.StringIO()
     classify_io.write_csv([first, *rest], buffer)
     assert len(list(csv.DictReader(io.StringIO(buffer.getvalue())))) == 6
+
+
+def test_crash_while_scoring_says_where_the_finished_rows_are(monkeypatch, tmp_path, capsys):
+    for i in range(6):
+        _jpeg(tmp_path / f"{i}.jpg", seed=i)
+    calls = []
+
+    def predict(images):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("the model broke")
+        return _fake_predict(images)
+
+    monkeypatch.setattr(
+        classify, "exported_predictor", lambda path: classify.Predictor(predict, PREPROCESSING)
+    )
+    out = tmp_path / "out.csv"
+    with pytest.raises(ValueError, match="the model broke"):  # a crash stays a crash (exit 1)
+        _classify(tmp_path, f"--output={out}", "--batch_size=2")
+    partial = Path(f"{out}.partial")
+    assert _last_error(capsys) == (
+        f"error: ValueError while scoring: 2 finished rows are kept in {partial} (the model "
+        f"broke); {out} was not written"
+    )
+    assert len(_rows(partial)) == 2 and not out.exists()
