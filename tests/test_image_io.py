@@ -140,6 +140,16 @@ def test_decode_jpeg_equals_pillow_and_fast_dct_differs_slightly():
         image_io.decode_jpeg(b"\xff\xd8\xff\xe0 not a jpeg")
 
 
+def test_junk_after_the_last_scan_is_accepted_but_not_inside_it():
+    """libjpeg's "extraneous bytes before marker 0xd9": every scan was read before the junk."""
+    data = _jpeg_bytes(_checkerboard(32, 32))
+    padded = data[:-2] + b"junkjunk" + data[-2:]
+    np.testing.assert_array_equal(image_io.decode_jpeg(padded), image_io.decode_jpeg(data))
+    middle = len(data) // 2
+    with pytest.raises(image_io.JpegDecodeError):
+        image_io.decode_jpeg(data[:middle] + b"\xff\xd9" + data[middle:])
+
+
 def test_decode_jpeg_cmyk_reads_as_pillow_reads_it():
     cmyk = Image.fromarray(_checkerboard(16, 24)).convert("CMYK")
     buffer = io.BytesIO()
