@@ -65,7 +65,8 @@ def _classify(tmp_path, *args) -> np.ndarray:
     out = tmp_path / "scores.csv"
     fv = flags.FlagValues()
     classify.define_flags(fv)
-    argv = fv(["classify", *map(str, args), *map(str, release_graph.REAL_DROPS), "--output", str(out)])
+    paths = map(str, release_graph.REAL_DROPS)
+    argv = fv(["classify", *map(str, args), *paths, "--output", str(out)])
     assert classify.main(argv, fv) == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -127,3 +128,48 @@ def test_saved_model_export_is_a_drop_in_for_the_release(release_dir, imported, 
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
     assert list(signature.structured_input_signature[1]) == ["image_bytes"]
     assert set(signature.structured_outputs) == {"classes", "scores"}
+
+
+@pytest.fixture(scope="module")
+def gsk_data_dir(tmp_path_factory):
+    """The 12 real GSK drops of shared/ as a `full` dataset, the way a lab builds its own."""
+    from tfds_marco.marco import build
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    build(
+        "full",
+        data_dir=str(data_dir),
+        manual_dir=str(release_graph.SHARED / "real_drops/marco_gsk"),
+    )
+    return data_dir
+
+
+def test_evaluation_scores_dataset_records_as_the_release(
+    release_dir, imported, gsk_data_dir, tmp_path
+):
+    """The evaluation pipeline (TFDS records, grain, the JAX model) on the release's inputs."""
+    from marco_jax import evaluate, input_pipeline
+
+    loaded = evaluate.load(str(imported), "latest", data_dir=str(gsk_data_dir))
+    loaded.config.input.eval_batch_size = 4
+    loaded.config.input.num_workers = 0
+    source = input_pipeline.open_tfds_source(loaded.config, "train")
+    _, probs = evaluate.predict(loaded, source)
+    files = []
+    for index in range(len(source)):
+        files.append(tmp_path / f"{index}.jpg")
+        files[-1].write_bytes(source[index]["image"])
+    classes, scores = release_graph.score_with_release(release_dir, files)
+    expected = release_graph.release_probabilities(classes, scores)
+    expected = expected[:, list(release.RELEASE_INDEX_OF_OURS)]
+    np.testing.assert_array_less(np.abs(probs - expected).max(), TOLERANCE)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "relabel"])
+def test_lab_commands_accept_the_imported_workdir(command, imported, gsk_data_dir, tmp_path):
+    args = ["--workdir", imported, "--data_dir", gsk_data_dir, "--out", tmp_path / command]
+    # The 12 drops hash into train only.
+    args += ["--split", "train"] if command == "evaluate" else ["--splits", "train"]
+    result = _module(command, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert any((tmp_path / command).iterdir())
