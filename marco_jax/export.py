@@ -21,28 +21,33 @@ padding at the end), average pools that exclude padding (TF's `avg_pool`, ONNX's
 `augment.to_model_input`. Exports always compute in float32, whatever `config.model.compute_dtype`
 the JAX model used.
 
-Formats (all take uint8 RGB images [batch, S, S, 3] already at the model's size S, batch size
-free, and return the probabilities of `labels.CLASS_NAMES` as "scores"):
-- SavedModel (a directory): signature `images` as above, and `serving_default`, which takes the
-  encoded files (`image_bytes`, a batch of JPEG/PNG/BMP/GIF strings, as the paper's release did)
-  and runs the evaluation transform of `preprocess.center_crop_and_resize` in the graph; both
-  return `scores` and `classes` (the class names), the output names of the paper's release.
+Formats (all take RGB images [batch, S, S, 3] already at the model's size S, as
+`preprocess.Preprocessing.eval_transform` makes them: float32 in [0, 1] for the release's
+"tf1_bilinear" preprocessing, uint8 for "pil_antialias"; batch size free; they return the
+probabilities of `labels.CLASS_NAMES` as "scores"):
+- SavedModel (a directory): signature `images` as above (with `classes`, our class names), and
+  `serving_default`, a drop-in for the release's: `image_bytes` (a batch of encoded JPEG/PNG/BMP/
+  GIF strings) in, the preprocessing in the graph, and `classes` and `scores` [N, 4] sorted best
+  first with the release's class names (`release.RELEASE_CLASS_NAMES`), as the release's graph
+  returns them (TopKV2 over the softmax). A client written for the release runs it unchanged.
 - TFLite (one file, float32 weights), from the concrete function of the `images` signature.
 - ONNX (one file, opset `ONNX_OPSET`), built node by node with `onnx.helper` (tf2onnx does not
-  support this TensorFlow/numpy); NCHW inside, NHWC uint8 at the input.
-Each export records `image_size`, `central_fraction` and `class_names` (SavedModel:
-`assets.extra/marco_export.json`; ONNX: metadata property "marco"; TFLite: flatbuffer metadata
-"marco"), so that `classify --model` preprocesses exactly as the model was trained.
+  support this TensorFlow/numpy); NCHW inside, NHWC at the input.
+Each export records its preprocessing (`image_size`, `central_fraction`, `resize_method`,
+`jpeg_dct`) and `class_names` (SavedModel: `assets.extra/marco_export.json`; ONNX: metadata
+property "marco"; TFLite: flatbuffer metadata "marco"), so that `classify --model` preprocesses
+exactly as the model was trained.
 
-The `serving_default` preprocessing reproduces Pillow's antialiased bilinear resize with a box
-(what `preprocess` uses) operation by operation: float32 box, Pillow's filter coefficients in
-float64, its 22-bit fixed-point weights, its order of the two passes (which Pillow 13 made depend
-on the shape, see `_pillow_orders_passes`) and the uint8 rounding between them; JPEG is decoded
-with libjpeg's accurate integer DCT, as Pillow does. The crops are
-then the same bytes as on the JAX side (tested). Differences left, by design of TensorFlow's
-decoders: the EXIF orientation is not applied (drops have no preferred orientation, so only the
-position of the centre crop on non-square rotated photos changes); transparency is dropped
-instead of composited onto white; 16-bit PNGs keep their high byte (as `image_io` does); TIFF is
+For the release's preprocessing, `serving_default` runs the release graph's own ops
+(`tf1_release_preprocess`). For Pillow's, it reproduces Pillow's antialiased bilinear resize with a
+box (what `preprocess` uses) operation by operation: float32 box, Pillow's filter coefficients in
+float64, its 22-bit fixed-point weights, its order of the two passes (which Pillow 13 made depend on
+the shape, see `_pillow_orders_passes`) and the uint8 rounding between them; JPEG is decoded with
+libjpeg's accurate integer DCT, as Pillow does. The crops are then the same bytes as on the JAX side
+(tested). Differences left, by design of TensorFlow's decoders: the EXIF orientation is not applied
+(drops have no preferred orientation, so only the position of the centre crop on non-square rotated
+photos changes); transparency is dropped instead of composited onto white; 16-bit PNGs keep their
+high byte (as `image_io` does); TIFF is
 not decoded (use the `images` signature with `image_io.load_image`, as `classify` does).
 """
 
