@@ -37,7 +37,8 @@ def records() -> list[dict]:
 
 @pytest.fixture
 def config():
-    config = load_config(REPO / "configs" / "default.py")
+    """Pillow's preprocessing (configs/table3.py); the release's is tested on its own below."""
+    config = load_config(REPO / "configs" / "table3.py")
     config.model.image_size = IMAGE_SIZE
     config.input.global_batch_size = 4
     config.input.eval_batch_size = 6
@@ -235,3 +236,15 @@ def test_the_tfds_source_feeds_worker_processes(config, tmp_path):
     (batch,) = _take(config, source, 1)
     assert batch["image"].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert set(batch["label"].tolist()) <= {0, 1, 2, 3}
+
+
+def test_eval_with_the_release_preprocessing_gives_its_float_images(config, records):
+    """configs/default.py's choice: fast-DCT decode, central square, TF1 bilinear, float [0, 1]."""
+    config.input.resize_method, config.input.jpeg_dct = "tf1_bilinear", "fast"
+    config.input.central_fraction = 1.0
+    (batch, *_) = _eval_batches(config, records, 0, 1)
+    assert batch["image"].dtype == np.float32
+    for image, index in zip(batch["image"], batch["index"], strict=True):
+        decoded = preprocess.decode_image(records[index]["image"], "fast")
+        expected = preprocess.tf1_center_crop_and_resize(decoded, IMAGE_SIZE, 1.0)
+        np.testing.assert_array_equal(image, expected)

@@ -86,8 +86,8 @@ def test_noise_is_added_and_seeded():
 
 def test_bad_arguments_are_named():
     model = RegionModel((1.0, 1.0, 1.0), linear=True)
-    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\], got float32"):
-        saliency.smoothgrad(model, _image().astype(np.float32), 0)
+    with pytest.raises(ValueError, match=r"uint8 or float \[H, W, 3\], got int32"):
+        saliency.smoothgrad(model, _image().astype(np.int32), 0)
     with pytest.raises(ValueError, match="mode must be one of"):
         saliency.smoothgrad(model, _image(), 0, mode="signed")
     with pytest.raises(ValueError, match="num_samples"):
