@@ -476,11 +476,16 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigkill_leaves_no_grain_worker_alive(tmp_path, tfds_data_dir, tmp_path_factory):
+    """Killed while its 2 workers serve batches (after the first checkpoint, no eval workers
+    starting up), the trainer's children all end within a few seconds."""
+    workdir = tmp_path / "w"
     process = subprocess.Popen(
         _main(
-            tmp_path / "w",
+            workdir,
             tfds_data_dir,
             "--config.num_train_steps=100000",
+            "--config.eval_every_steps=100000",
+            "--config.checkpoint_every_steps=2",
             "--config.input.num_workers=2",
         ),
         env=_env(tmp_path_factory),
@@ -488,16 +493,14 @@ def test_sigkill_leaves_no_grain_worker_alive(tmp_path, tfds_data_dir, tmp_path_
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 400
-    workers: list[int] = []
-    while len(workers) < 2:
-        assert time.time() < deadline and process.poll() is None, "no workers started"
-        time.sleep(0.5)
-        workers = [p for p in _children(process.pid) if _alive(p)]
-    time.sleep(2)
+    while not (workdir / "checkpoints" / "2").exists():
+        assert time.time() < deadline and process.poll() is None, "no checkpoint at step 2"
+        time.sleep(0.2)
     workers = [p for p in _children(process.pid) if _alive(p)]
+    assert len(workers) >= 2
     process.send_signal(signal.SIGKILL)
     process.wait()
-    deadline = time.time() + 5
+    deadline = time.time() + 10
     while any(_alive(p) for p in workers) and time.time() < deadline:
         time.sleep(0.2)
     alive = [p for p in workers if _alive(p)]
