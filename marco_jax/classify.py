@@ -372,14 +372,7 @@ def _check_checkpoint(loaded: evaluate.Loaded, workdir: str) -> None:
 
 
 def run() -> None:
-    """The command line; --help prints the flags and exits 0 (absl's own exit is 1, which
-    this command's exit codes reserve for a crash)."""
-    try:
-        cli.run(main, define_flags)
-    except SystemExit as e:
-        if e.code == 1 and classify_checks.asked_for_help(sys.argv[1:]):
-            raise SystemExit(0) from None
-        raise
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

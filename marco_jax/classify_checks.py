@@ -16,7 +16,6 @@ from marco_jax import classify_csv, cli
 
 # The first bytes of the formats classify reads (a file starting so is a picture, not a CSV).
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"BM")
-HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 
 def check_output_is_not_an_input(
@@ -109,8 +108,3 @@ def _shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 def _shape_text(shape: tuple[int, ...] | None) -> str:
     return "absent" if shape is None else str(tuple(shape))
-
-
-def asked_for_help(argv: Sequence[str]) -> bool:
-    """Whether the command line asks for absl's help (which exits 1, the crash code)."""
-    return any(arg.split("=", 1)[0] in HELP_FLAGS for arg in argv)

@@ -39,10 +39,21 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def run(main: Callable[[Sequence[str]], int | None], define_flags: Callable[[], None]) -> None:
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def asked_for_help(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for absl's help (which exits 1, the crash code)."""
+    return any(arg.split("=", 1)[0] in HELP_FLAGS for arg in argv)
+
+
+def run(
+    main: Callable[[Sequence[str]], int | None], define_flags: Callable[[], None] | None = None
+) -> None:
     """app.run(main) with the flags defined only now (so that the tools can be imported together
     without clashing flag names) and flag errors exiting with EXIT_USAGE."""
-    define_flags()
+    if define_flags is not None:
+        define_flags()
 
     def parse(argv: list[str]) -> list[str]:
         try:
@@ -50,4 +61,9 @@ def run(main: Callable[[Sequence[str]], int | None], define_flags: Callable[[], 
         except flags.Error as error:
             fail(f"{error} (pass --helpshort for the flags)")
 
-    app.run(main, flags_parser=parse)
+    try:
+        app.run(main, flags_parser=parse)
+    except SystemExit as e:  # absl's help exits 1, which the commands reserve for a crash
+        if e.code == 1 and asked_for_help(sys.argv[1:]):
+            raise SystemExit(0) from None
+        raise

@@ -838,7 +838,9 @@ def export_from_workdir(
 
 def run() -> None:
     """Entry point; the flags are defined here so that importing this module defines none."""
-    from absl import app, flags, logging
+    from absl import flags, logging
+
+    from marco_jax import cli
 
     workdir = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
     fmt = flags.DEFINE_enum("format", None, FORMATS, "Export format.")
@@ -850,12 +852,15 @@ def run() -> None:
     def main(argv: Sequence[str]) -> None:
         del argv
         logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every step at INFO
-        path = export_from_workdir(
-            workdir.value, fmt.value, out.value, checkpoint.value, raw_weights.value
-        )
+        try:
+            path = export_from_workdir(
+                workdir.value, fmt.value, out.value, checkpoint.value, raw_weights.value
+            )
+        except (FileNotFoundError, ValueError) as e:  # no such workdir, checkpoint or step
+            cli.fail(str(e))
         print(json.dumps({"format": fmt.value, "path": str(path)}))
 
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

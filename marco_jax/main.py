@@ -25,11 +25,11 @@ from __future__ import annotations
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from marco_jax import checkpoints, config_checks, parallel, train, workdir_lock
+from marco_jax import checkpoints, cli, config_checks, parallel, train, workdir_lock
 
 EXIT_FINISHED = 0
 EXIT_USAGE = 2
@@ -56,7 +56,7 @@ def _fail(code: int, message: str) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        cli.fail(f"unexpected arguments {argv[1:]}")
     # Before anything logs: a bad value is the only output, one line per field.
     if problems := config_checks.problems(_CONFIG.value):
         _fail(EXIT_USAGE, "\nerror: ".join(problems))
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

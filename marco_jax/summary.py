@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from clu import parameter_overview
 from flax import nnx
 from ml_collections import config_flags
 
-from marco_jax import models
+from marco_jax import cli, models
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
 
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":
