@@ -519,7 +519,7 @@ def _steps(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-@pytest.mark.slow
+@pytest.mark.soak  # 5 training processes and 3 kills: 5-15 minutes; run with `pytest -m soak`
 def test_soak_random_sigkills_and_worker_changes_end_bit_identical(
     tmp_path, tfds_data_dir, tmp_path_factory
 ):
