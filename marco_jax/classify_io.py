@@ -24,7 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import tqdm
@@ -70,36 +70,13 @@ class Row:
         return "" if self.probs is None else CLASS_NAMES[int(np.argmax(self.probs))]
 
 
-def score_files(
-    paths: Sequence[str],
-    predict_fn: PredictFn,
-    *,
-    preprocessing: preprocess.Preprocessing,
-    batch_size: int,
-    tta: Sequence[str] = (),
-    num_workers: int = DEFAULT_NUM_WORKERS,
-    max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
-    progress: bool = True,
-) -> list[Row]:
-    """Scores every file with the evaluation transform; unreadable files become error rows.
+def score_files(paths: Sequence[str], predict_fn: PredictFn, **options: Any) -> list[Row]:
+    """Every file's Row, in input order; unreadable files become error rows.
 
-    Args:
-      tta: names from TTA_TRANSFORMS whose probabilities are averaged (ALL_TTA for all 8);
-        empty to score each image once as it is.
-      progress: draw a progress bar on stderr.
+    `options` are `iter_scores`'s (preprocessing, batch_size, tta, num_workers, ...); this is
+    the whole-list form of it for callers that do not stream.
     """
-    return list(
-        iter_scores(
-            paths,
-            predict_fn,
-            preprocessing=preprocessing,
-            batch_size=batch_size,
-            tta=tta,
-            num_workers=num_workers,
-            max_pixels=max_pixels,
-            progress=progress,
-        )
-    )
+    return list(iter_scores(paths, predict_fn, **options))
 
 
 def iter_scores(
@@ -114,10 +91,14 @@ def iter_scores(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool = True,
 ) -> Iterator[Row]:
-    """`score_files`, one Row at a time in input order, each as soon as it and every row
-    before it are done, so that a caller can write them as they come (an interruption then
-    loses only the rows in flight).
+    """Scores every file with the evaluation transform, one Row at a time in input order, each
+    as soon as it and every row before it are done, so that a caller can write them as they
+    come (an interruption then loses only the rows in flight). Unreadable files become error
+    rows.
 
+    tta: names from TTA_TRANSFORMS whose probabilities are averaged (ALL_TTA for all 8); empty
+      to score each image once as it is.
+    progress: draw a progress bar on stderr.
     memory_budget: bytes the readers may hold in decoded images at once (`MemoryBudget`): an
       81-megapixel photograph takes about 0.7 GB while it is decoded and cropped, so the
       number of workers alone does not bound memory.
