@@ -38,7 +38,6 @@ from marco_jax import (
     models,
     parallel,
     report,
-    train,
 )
 
 
@@ -79,7 +78,7 @@ def predict(
     """Probabilities [len(source), classes] in the source's order, and the evaluator that holds
     the records' labels and data sources."""
     parallel.check_divisible(loaded.config.input.eval_batch_size, "eval_batch_size")
-    graphdef, params, batch_stats = train.split_model(loaded.model)
+    graphdef, params, batch_stats = models.split_model(loaded.model)
     evaluator = evaluation.Evaluator(loaded.config, graphdef, source, parallel.create_mesh())
     return evaluator, evaluator.predict(params, batch_stats)
 

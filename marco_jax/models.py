@@ -523,3 +523,9 @@ def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs | int = 0) ->
     )
     _check_table_scopes(model, depth_rule.table, model_config.depth_table)
     return model
+
+
+def split_model(model: InceptionV3) -> tuple[nnx.GraphDef, dict, dict]:
+    """(graphdef, params, batch_stats) as plain dicts; the model holds no other state."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return graphdef, params.to_pure_dict(), batch_stats.to_pure_dict()

@@ -61,16 +61,10 @@ class TrainState:
     rng: jax.Array
 
 
-def split_model(model: models.InceptionV3) -> tuple[nnx.GraphDef, Any, Any]:
-    """(graphdef, params, batch_stats) as plain dicts; the model holds no other state."""
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return graphdef, params.to_pure_dict(), batch_stats.to_pure_dict()
-
-
 def create_train_state(
     model: models.InceptionV3, tx: optax.GradientTransformation, seed: int
 ) -> tuple[nnx.GraphDef, TrainState]:
-    graphdef, params, batch_stats = split_model(model)
+    graphdef, params, batch_stats = models.split_model(model)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -143,12 +137,6 @@ def train_step(
 def _all_finite(tree: Any) -> jax.Array:
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def eval_variables(state: TrainState, use_ema: bool) -> tuple[Any, Any]:
-    if use_ema:
-        return state.ema_params, state.ema_batch_stats
-    return state.params, state.batch_stats
 
 
 def _num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
