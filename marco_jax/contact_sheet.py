@@ -1,10 +1,11 @@
 """A picture of synthetic drops beside real photographs, to judge the renderer by eye.
 
-Written by `python -m marco_jax.synthetic --contact-sheet docs/synthetic_vs_real.png`.
+Written by `python -m marco_jax.contact_sheet --contact-sheet docs/synthetic_vs_real.png`.
 """
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 
 import numpy as np
@@ -53,3 +54,32 @@ def contact_sheet(
             with Image.open(path) as img:
                 sheet.paste(_square_tile(img, tile), (label_w + (per_class + i) * tile + gap, top))
     return sheet
+
+
+def main(argv: list[str] | None = None) -> None:
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contact-sheet", type=pathlib.Path, required=True, help="PNG to write")
+    parser.add_argument(
+        "--real-dir",
+        type=pathlib.Path,
+        default=repo.parent / "shared/real_drops",
+        help="real photographs, as <source>/<class>/<image>",
+    )
+    parser.add_argument("--per-class", type=int, default=5)
+    parser.add_argument("--tile", type=int, default=144)
+    args = parser.parse_args(argv)
+    real_dir = args.real_dir if args.real_dir.is_dir() else None
+    if real_dir is None:
+        print(f"no real photographs at {args.real_dir}: synthetic examples only")
+    sheet = contact_sheet(real_dir, per_class=args.per_class, tile=args.tile)
+    args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
+    # An adaptive palette keeps the committed PNG small; the tiles are only for looking at.
+    sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+        args.contact_sheet, optimize=True
+    )
+    print(f"wrote {args.contact_sheet} ({args.contact_sheet.stat().st_size / 1024:.0f} KiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,16 +11,14 @@ drop rather than at the mean colour (tests/test_synthetic.py checks that).
 Everything is float32 numpy or PIL, one function per phenomenon; scalars are Python floats so
 that nothing silently promotes a whole image to float64 (that halves the speed).
 
-Compare with the real photographs: `python -m marco_jax.synthetic --contact-sheet out.png`.
+Compare with the real photographs: `python -m marco_jax.contact_sheet --contact-sheet out.png`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import math
-import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -402,34 +400,3 @@ def generate(
     for label, image_seed in zip(labels.tolist(), seeds.tolist(), strict=True):
         failure = FAILURES[image_seed % len(FAILURES)] if label == OTHER else None
         yield label, failure or "", render_drop(int(image_seed), label, size, failure)
-
-
-def main(argv: list[str] | None = None) -> None:
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--contact-sheet", type=pathlib.Path, required=True, help="PNG to write")
-    parser.add_argument(
-        "--real-dir",
-        type=pathlib.Path,
-        default=repo.parent / "shared/real_drops",
-        help="real photographs, as <source>/<class>/<image>",
-    )
-    parser.add_argument("--per-class", type=int, default=5)
-    parser.add_argument("--tile", type=int, default=144)
-    args = parser.parse_args(argv)
-    real_dir = args.real_dir if args.real_dir.is_dir() else None
-    if real_dir is None:
-        print(f"no real photographs at {args.real_dir}: synthetic examples only")
-    from marco_jax.contact_sheet import contact_sheet  # it renders with this module
-
-    sheet = contact_sheet(real_dir, per_class=args.per_class, tile=args.tile)
-    args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
-    # An adaptive palette keeps the committed PNG small; the tiles are only for looking at.
-    sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
-        args.contact_sheet, optimize=True
-    )
-    print(f"wrote {args.contact_sheet} ({args.contact_sheet.stat().st_size / 1024:.0f} KiB)")
-
-
-if __name__ == "__main__":
-    main()
