@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -92,25 +90,3 @@ def test_mean_colour_says_little_while_texture_says_much():
     print(f"mean-colour accuracy {colour_acc:.3f}, texture accuracy {texture_acc:.3f}")
     assert colour_acc < 0.45
     assert texture_acc > colour_acc + 0.1
-
-
-def test_contact_sheet_cli_writes_a_small_png(tmp_path):
-    out = tmp_path / "docs" / "sheet.png"
-    real_dir = SHARED / "real_drops"
-    synthetic.main(
-        [
-            "--contact-sheet",
-            str(out),
-            "--real-dir",
-            str(real_dir),
-            "--per-class",
-            "2",
-            "--tile",
-            "48",
-        ]
-    )
-    with Image.open(out) as sheet:
-        assert sheet.format == "PNG"
-        real_columns = 4 if real_dir.is_dir() else 0  # the sheet keeps room for 4 real ones
-        assert sheet.width > (2 + real_columns) * 48 and sheet.height > NUM_CLASSES * 48
-    assert out.stat().st_size < 500_000
