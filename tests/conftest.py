@@ -1,4 +1,5 @@
-"""Shared test helpers: configs loaded the way `--config` loads them, shrunk for 2 CPU cores."""
+"""The tests' fixtures: configs shrunk for 2 CPU cores, one dataset folder and one trained
+workdir per session. Plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
@@ -6,16 +7,7 @@ import pathlib
 
 import ml_collections
 import pytest
-
-from marco_jax import config_utils
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-
-def load_config(name: str) -> ml_collections.ConfigDict:
-    """configs/<name>.py's get_config(), as `--config configs/<name>.py` gives it."""
-    return config_utils.load_config(REPO / "configs" / f"{name}.py")
+from helpers import ci_config, load_config
 
 
 @pytest.fixture
@@ -32,13 +24,6 @@ def tiny_config() -> ml_collections.ConfigDict:
 def tfds_data_dir(tmp_path_factory) -> pathlib.Path:
     """One TFDS data_dir per test session, so generated datasets are built once."""
     return tmp_path_factory.mktemp("tensorflow_datasets")
-
-
-def ci_config(data_dir: pathlib.Path) -> ml_collections.ConfigDict:
-    """configs/ci.py reading and writing its dataset under `data_dir`."""
-    config = load_config("ci")
-    config.dataset.data_dir = str(data_dir)
-    return config
 
 
 @pytest.fixture(scope="session")

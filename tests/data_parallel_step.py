@@ -14,7 +14,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import optax
-from conftest import ci_config
+from helpers import ci_config
 
 from marco_jax import input_pipeline, models, optim, parallel, train
 

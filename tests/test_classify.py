@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
-from conftest import REPO
 from flax import nnx
+from helpers import REPO
 from image_fixtures import BAD_FILES, GOOD_FILES, write_lab_folder
 from PIL import Image
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from absl import flags
-from conftest import REPO
+from helpers import REPO
 from PIL import Image
 
 from marco_jax import classify, classify_csv, classify_io, cli, preprocess

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 COMMANDS = ("main", "evaluate", "classify", "export", "relabel", "summary", "import_release")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import SHARED
+from helpers import SHARED
 from PIL import Image
 
 from marco_jax import contact_sheet

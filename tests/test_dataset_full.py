@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import REPO, SHARED
 from etils import epath
+from helpers import REPO, SHARED
 from PIL import Image
 
 from marco_jax.labels import CLASS_NAMES

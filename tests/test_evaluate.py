@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
 from flax import nnx
+from helpers import REPO
 from sklearn.metrics import roc_auc_score
 
 from marco_jax import augment, checkpoints, cli, evaluate, input_pipeline, preprocess

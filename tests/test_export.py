@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
 from flax import nnx
+from helpers import REPO
 from PIL import Image
 
 from marco_jax import augment, export, models, preprocess

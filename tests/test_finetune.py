@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
 from flax import nnx
+from helpers import load_config
 
 from marco_jax import input_pipeline, models, optim, release, train, warm_start
 from marco_jax.labels import CRYSTALS

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import load_config
+from helpers import load_config
 
 from marco_jax import train
 from marco_jax.labels import CLASS_NAMES

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import REPO, load_config
 from flax import nnx
+from helpers import REPO, load_config
 
 from marco_jax import models
 

@@ -17,8 +17,8 @@ import sys
 import numpy as np
 import pytest
 from absl import flags
-from conftest import REPO, load_config
 from flax import nnx
+from helpers import REPO, load_config
 
 from marco_jax import classify, export, models, release
 from marco_jax.labels import CLASS_NAMES

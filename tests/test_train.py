@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import REPO, ci_config
+from helpers import REPO, ci_config
 
 from marco_jax import checkpoints, train
 

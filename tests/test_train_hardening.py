@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, ci_config, load_config
+from helpers import REPO, ci_config, load_config
 
 from marco_jax import (
     checkpoints,
