@@ -1,6 +1,5 @@
 """What `classify` checks before it scores anything, so that a run never destroys an input,
-never fails only after all the work, and never scores with a model its workdir misdescribes
-(issue 12, classify items 2, 4 and 7).
+never fails only after all the work, and never scores with a model its workdir misdescribes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The CSV file `classify` writes: cells safe in a spreadsheet and exact for a program, written
 row by row to a partial file beside the output and renamed over it only when the run ends.
 
-Why each rule (issue 12, classify items 1, 4 and 6):
+Why each rule:
 - A file name is bytes on Linux, and names from SMB shares are often Latin-1, not UTF-8: one such
   name used to kill the run at the very end. The file is UTF-8, and a name that is not UTF-8 is
   escaped in its cell (below), so every name can be written and read back.

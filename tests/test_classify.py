@@ -1,5 +1,5 @@
 """`python -m marco_jax.classify` on what a lab hands over: every good format scored as the model
-scores its evaluation crop, every broken file named, the documented exit codes (issue 5, item 2),
+scores its evaluation crop, every broken file named, the documented exit codes,
 heat maps beside the scores, and exported models in place of the checkpoint."""
 
 import csv

@@ -1,4 +1,4 @@
-"""Issue 12, classify items 1-8: every case asserts the row, the error text and the exit code.
+"""Scoring what a lab hands over: every case asserts the row, the error text and the exit code.
 
 Most cases run `classify.main` in this process with a stand-in model (an "export" whose
 predictor is a numpy function), so they take milliseconds; the workdir whose config.json does

@@ -1,4 +1,4 @@
-"""Issue 12, "Dataset builds": 16-bit PNGs not saturated, an image in both splits refused or
+"""Dataset builds: 16-bit PNGs not saturated, an image in both splits refused or
 reported, rebuilds after the inputs changed refused (or done when asked), empty folders and
 classes named, a duplicated CSV row naming the file."""
 

@@ -22,7 +22,7 @@ from marco_jax.labels import CLASS_NAMES
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("onnxruntime")
 
-TOLERANCE = 1e-4  # max abs difference of probabilities in float32 (issue 5)
+TOLERANCE = 1e-4  # max abs difference of probabilities in float32
 
 
 def _structured_images(rng: np.random.Generator, n: int, height: int, width: int) -> np.ndarray:

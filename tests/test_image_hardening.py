@@ -1,4 +1,4 @@
-"""Issue 12, classify items 7 and 8 at the reading level: silent wrong pixels, TIFFs Pillow
+"""Image reading for classify: silent wrong pixels, TIFFs Pillow
 cannot decode, list files taken exactly, and every file a folder scan passes over counted."""
 
 import os

@@ -1,5 +1,5 @@
 """Reading lab image files and scoring them: every format/mode `classify` promises, every fault
-it must name, the CSV rows and the exit code (issue 5, item 2)."""
+it must name, the CSV rows and the exit code."""
 
 import csv
 import io
@@ -89,7 +89,7 @@ def _jpeg_bytes(pixels: np.ndarray, **options) -> bytes:
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("progressive", [False, True])
 def test_jpeg_cut_short_and_closed_with_eoi_is_refused(tmp_path, fraction, progressive):
-    """Issue 12 item 3: libjpeg only warns about the missing scan data and Pillow would return
+    """libjpeg only warns about the missing scan data and Pillow would return
     grey padding; the strict decoder refuses it."""
     data = _jpeg_bytes(_checkerboard(256, 256), progressive=progressive)
     path = tmp_path / "cut.jpg"
@@ -272,7 +272,7 @@ def test_collect_inputs_reads_list_files(tmp_path, monkeypatch):
     assert found == [
         absolute,
         "images/a.jpg",
-        # Spaces are part of a name (issue 12 item 8): this entry is not b.png.
+        # Spaces are part of a name: this entry is not b.png.
         str(lists / f"  {absolute}  "),
         str(images / "sub" / "c.tif"),
         str(images / "missing.jpg"),

@@ -1,6 +1,6 @@
 """The train stream resumed at a batch (`start_batch`, what a resumed run passes: its step) is
-the uninterrupted stream's tail, with any number of grain workers before and after (issue 12,
-training 4: changing input.num_workers between restarts broke the grain iterator state)."""
+the uninterrupted stream's tail, with any number of grain workers before and after
+(changing input.num_workers between restarts once broke the grain iterator state)."""
 
 import io
 import pathlib

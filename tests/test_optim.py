@@ -17,7 +17,7 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHAPES = {"conv": (3, 3, 2, 4), "bias": (4,), "dense": (6, 5)}
 _STEPS_PER_EPOCH = 3  # with lr_decay_epochs=2: a staircase drop after steps 6 and 12
 _NUM_STEPS = 14
-_RTOL = 1e-6  # issue 4: "to 1e-6 relative"
+_RTOL = 1e-6  # TF1-exact: "to 1e-6 relative"
 # float32 is what training runs; float64 removes most rounding (optax still computes the learning
 # rate in float32, which bounds the float64 agreement near 1e-8).
 _DTYPES = [np.float32, np.float64]

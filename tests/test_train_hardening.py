@@ -1,4 +1,4 @@
-"""Training never loses work, never destroys data, never answers wrong in silence (issue 12).
+"""Training never loses work, never destroys data, never answers wrong in silence.
 
 Checkpoint verification and fallback, the NaN message, the workdir lock, resume across worker
 counts, orphan-free SIGKILL, stored-config comparison, unreadable checkpoints and a full disk,

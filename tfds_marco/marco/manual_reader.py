@@ -1,6 +1,6 @@
 """The `full` config's reading of the manual directory, apart from the TFDS builder: examples
 from the three layouts, what had to be skipped, the record of the inputs, and the checks that
-an image does not sit in both splits and that no class is empty (issue 12, "Dataset builds").
+an image does not sit in both splits and that no class is empty.
 """
 
 from __future__ import annotations
