@@ -1,6 +1,6 @@
 """Scores drop photographs with a trained MARCO model and writes one CSV row per image.
 
-  python -m marco_jax.classify --checkpoint WORKDIR [--step best|latest|N] [--raw_weights]
+  python -m marco_jax.classify --workdir DIR [--checkpoint best|latest|N] [--raw_weights]
       PATH... --output scores.csv [--batch_size 16] [--tta] [--crystal_threshold X]
       [--saliency DIR] [--workers N] [--max_megapixels M] [--memory_gb G]
   python -m marco_jax.classify --model EXPORTED PATH... --output scores.csv [...]
@@ -11,7 +11,7 @@ palette, CMYK; the EXIF orientation is applied (`image_io.load_image`). Each ima
 evaluation transform (center crop of `central_fraction` of the shorter side, resized to the
 model's size: paper sections 2-3), so a file scores as the same picture would in evaluation.
 
-Models: --checkpoint runs the JAX network of a training workdir (EMA weights unless
+Models: --workdir runs the JAX network of a training workdir (at --checkpoint; EMA weights unless
 --raw_weights), jitted once for batches of exactly --batch_size images; --model runs an export of
 `marco_jax.export` (SavedModel directory, .tflite or .onnx), the fast path on CPUs, which carries
 its own image size and crop fraction.
@@ -22,7 +22,7 @@ run goes on). --tta averages the probabilities over the 8 flips/rotations of the
 drop photograph has no preferred one of (paper section 3). --saliency DIR also writes a SmoothGrad
 heat map over a grayscale copy of each scored image's model input (`marco_jax.saliency`, paper
 Fig 4) for its predicted class, as DIR/<path relative to the inputs' common folder>.png
-(e.g. DIR/plate7/A1.jpg.png). It needs the JAX network (--checkpoint) and is slow: each of the
+(e.g. DIR/plate7/A1.jpg.png). It needs the JAX network (--workdir) and is slow: each of the
 --saliency_samples samples is a forward and a backward pass, about 6 forward passes' time on a
 CPU (MARCO at 599 px, 2 cores: 0.16 s per image to score, 0.9 s per sample), so keep it for the
 images you want to look at.
@@ -189,13 +189,13 @@ def write_saliency_maps(
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags, in `fv` (a private FlagValues runs the command inside a test)."""
     flags.DEFINE_string(
-        "checkpoint", None, "Training workdir whose checkpoint scores the images.", flag_values=fv
+        "workdir", None, "Training workdir whose checkpoint scores the images.", flag_values=fv
     )
     flags.DEFINE_string(
-        "step", "best", "With --checkpoint: best, latest or a step number.", flag_values=fv
+        "checkpoint", "best", "With --workdir: best, latest or a step number.", flag_values=fv
     )
     flags.DEFINE_bool(
-        "raw_weights", False, "With --checkpoint: raw weights, not the EMA.", flag_values=fv
+        "raw_weights", False, "With --workdir: raw weights, not the EMA.", flag_values=fv
     )
     flags.DEFINE_string(
         "model", None, "Exported model (SavedModel dir, .tflite, .onnx).", flag_values=fv
@@ -211,7 +211,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "crystal_threshold", None, "Adds crystal_flag = p_crystals >= this.", flag_values=fv
     )
     flags.DEFINE_string(
-        "saliency", None, "Folder for SmoothGrad heat maps (needs --checkpoint).", flag_values=fv
+        "saliency", None, "Folder for SmoothGrad heat maps (needs --workdir).", flag_values=fv
     )
     flags.DEFINE_integer(
         "saliency_samples",
@@ -250,13 +250,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def _check_arguments(fv: flags.FlagValues, paths: Sequence[str]) -> None:
     if not paths:
         raise cli.ArgumentError("no PATH given: name image files, folders or list files.")
-    if (fv.checkpoint is None) == (fv.model is None):
-        raise cli.ArgumentError("pass exactly one of --checkpoint WORKDIR and --model EXPORTED.")
+    if (fv.workdir is None) == (fv.model is None):
+        raise cli.ArgumentError("pass exactly one of --workdir DIR and --model EXPORTED.")
     if fv.model is not None:
-        for name in ("step", "raw_weights", "saliency"):
+        for name in ("checkpoint", "raw_weights", "saliency"):
             if fv[name].present:
                 raise cli.ArgumentError(
-                    f"--{name} needs the JAX network: use it with --checkpoint, not --model."
+                    f"--{name} needs the JAX network: use it with --workdir, not --model."
                 )
     if fv.batch_size < 1:
         raise cli.ArgumentError(f"--batch_size must be >= 1, got {fv.batch_size}.")
@@ -299,9 +299,9 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
         if fv.saliency is not None:
             classify_checks.probe_folder(fv.saliency, "--saliency")
         model = None  # the NNX network, for saliency
-        if fv.checkpoint is not None:
-            loaded = evaluate.load(fv.checkpoint, fv.step, use_ema=not fv.raw_weights)
-            _check_checkpoint(loaded, fv.checkpoint)
+        if fv.workdir is not None:
+            loaded = evaluate.load(fv.workdir, fv.checkpoint, use_ema=not fv.raw_weights)
+            _check_checkpoint(loaded, fv.workdir)
             model, predictor = loaded.model, checkpoint_predictor(loaded)
         else:
             predictor = exported_predictor(fv.model)

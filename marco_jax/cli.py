@@ -1,5 +1,5 @@
 """What the inference command-line tools (evaluate, classify, relabel) share: exit codes for
-wrong input, and the --checkpoint/--step value.
+wrong input, and the --checkpoint value (best, latest or a step) of every command.
 
 A wrong argument (a workdir without checkpoints, an unknown step, a bad flag) ends the run with
 EXIT_USAGE and one line naming the fault, never with a traceback: the user has to fix the

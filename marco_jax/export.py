@@ -823,14 +823,10 @@ def export_from_workdir(
 ) -> pathlib.Path:
     """Exports a training run's checkpoint (its EMA weights unless raw_weights) to `out`
     (default WORKDIR/export). checkpoint: "best", "latest" or a step number."""
-    from marco_jax import checkpoints
+    from marco_jax import checkpoints, cli
 
-    if checkpoint not in ("best", "latest") and not checkpoint.isdigit():
-        raise ValueError(f"--checkpoint={checkpoint!r}: use best, latest or a step number.")
     config, model, step = checkpoints.load_for_inference(
-        workdir,
-        checkpoint=int(checkpoint) if checkpoint.isdigit() else checkpoint,
-        use_ema=not raw_weights,
+        workdir, checkpoint=cli.parse_checkpoint(checkpoint), use_ema=not raw_weights
     )
     provenance = {"workdir": str(workdir), "step": step, "weights": "raw" if raw_weights else "ema"}
     return export_model(model, config, out or os.path.join(workdir, "export"), fmt, provenance)
@@ -857,6 +853,7 @@ def run() -> None:
                 workdir.value, fmt.value, out.value, checkpoint.value, raw_weights.value
             )
         except (FileNotFoundError, ValueError) as e:  # no such workdir, checkpoint or step
+            # (cli.ArgumentError is a ValueError)
             cli.fail(str(e))
         print(json.dumps({"format": fmt.value, "path": str(path)}))
 

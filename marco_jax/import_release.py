@@ -6,7 +6,7 @@ DIR is the unzipped release (`savedmodel.zip`, the paper's ref. 47): saved_model
 variables/. OUT becomes a workdir like a training run's: config.json (the release's config,
 configs/default.py), one checkpoint (step 0) whose weights and EMA weights are the release's
 values, and release.json (which release: its graph's sha256 and global step). `classify
---checkpoint`, `evaluate`, `export` and `relabel` read it as they read a run, and training starts
+--workdir`, `evaluate`, `export` and `relabel` read it as they read a run, and training starts
 from it with `--config.init_from=OUT` (or straight from DIR).
 
 Exit codes: 0 imported; 2 wrong input (DIR is not the release, a variable is missing or has

@@ -78,8 +78,8 @@ def test_mixed_folder_scores_every_good_file_and_names_every_bad_one(trained_wor
             sys.executable,
             "-m",
             "marco_jax.classify",
-            f"--checkpoint={trained_workdir}",
-            "--step=latest",
+            f"--workdir={trained_workdir}",
+            "--checkpoint=latest",
             str(folder),
             f"--output={out}",
             "--batch_size=4",
@@ -117,8 +117,8 @@ def test_mixed_folder_scores_every_good_file_and_names_every_bad_one(trained_wor
 def test_all_good_exits_zero_and_writes_heat_maps(trained_workdir, good_folder, tmp_path, capsys):
     out, maps = tmp_path / "scores.csv", tmp_path / "maps"
     code = _classify(
-        f"--checkpoint={trained_workdir}",
-        "--step=latest",
+        f"--workdir={trained_workdir}",
+        "--checkpoint=latest",
         good_folder,
         f"--output={out}",
         "--batch_size=4",
@@ -150,7 +150,7 @@ def test_exported_model_scores_like_the_checkpoint(trained_workdir, good_folder,
     by_jax, by_onnx, by_onnx_tta = (tmp_path / f"{name}.csv" for name in ("jax", "onnx", "tta"))
     assert (
         _classify(
-            f"--checkpoint={trained_workdir}", "--step=latest", good_folder, f"--output={by_jax}"
+            f"--workdir={trained_workdir}", "--checkpoint=latest", good_folder, f"--output={by_jax}"
         )
         == 0
     )
@@ -173,15 +173,15 @@ def test_exported_model_scores_like_the_checkpoint(trained_workdir, good_folder,
 
 def test_wrong_arguments_exit_2_with_the_reason(trained_workdir, good_folder, tmp_path, capsys):
     out = f"--output={tmp_path / 'scores.csv'}"
-    checkpoint = f"--checkpoint={trained_workdir}"
+    checkpoint = f"--workdir={trained_workdir}"
     cases = {
         "no PATH given": (checkpoint, out),
-        "exactly one of --checkpoint WORKDIR and --model EXPORTED": (good_folder, out),
-        "exactly one of --checkpoint": (checkpoint, f"--model={tmp_path}", good_folder, out),
+        "exactly one of --workdir DIR and --model EXPORTED": (good_folder, out),
+        "exactly one of --workdir": (checkpoint, f"--model={tmp_path}", good_folder, out),
         "--saliency needs the JAX network": (
             f"--model={tmp_path}/m.onnx", f"--saliency={tmp_path}", good_folder, out
         ),
-        "checkpoint 'newest' is neither": (checkpoint, "--step=newest", good_folder, out),
+        "checkpoint 'newest' is neither": (checkpoint, "--checkpoint=newest", good_folder, out),
         "is not an exported model": (f"--model={tmp_path}/missing.onnx", good_folder, out),
         "list file": (checkpoint, tmp_path / "missing.txt", out),
         "must be a file in an existing folder": (

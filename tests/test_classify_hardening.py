@@ -177,7 +177,7 @@ def test_immutable_output_folder_or_file_fails_at_start(fake_model, tmp_path, ca
 def test_unwritable_saliency_folder_fails_at_start(tmp_path, capsys):
     photo = _jpeg(tmp_path / "a.jpg")
     code = _classify_checkpoint(
-        "--checkpoint=/no/such/workdir", "--saliency=/sys/heat", photo, f"--output={tmp_path}/s.csv"
+        "--workdir=/no/such/workdir", "--saliency=/sys/heat", photo, f"--output={tmp_path}/s.csv"
     )
     assert code == cli.EXIT_USAGE
     assert _last_error(capsys).startswith("error: --saliency /sys/heat cannot be written: ")
@@ -330,7 +330,7 @@ def test_workdir_config_not_matching_its_checkpoint_is_refused(trained_workdir, 
     config["model"]["depth_multiplier"] = config["model"]["depth_multiplier"] * 2
     config_path.write_text(json.dumps(config))
     photo = _jpeg(tmp_path / "a.jpg")
-    code = _classify_checkpoint(f"--checkpoint={workdir}", photo, f"--output={tmp_path}/s.csv")
+    code = _classify_checkpoint(f"--workdir={workdir}", photo, f"--output={tmp_path}/s.csv")
     assert code == cli.EXIT_USAGE
     message = _last_error(capsys)
     found = re.fullmatch(

@@ -16,7 +16,7 @@ from flax import nnx
 from helpers import REPO
 from PIL import Image
 
-from marco_jax import augment, export, models, preprocess
+from marco_jax import augment, cli, export, models, preprocess
 from marco_jax.labels import CLASS_NAMES
 
 tf = pytest.importorskip("tensorflow")
@@ -251,7 +251,7 @@ def test_export_from_workdir_loads_the_requested_checkpoint(tiny_config, tmp_pat
     assert provenance == {"workdir": str(tmp_path), "step": 1200, "weights": "raw"}
     export.export_from_workdir(str(tmp_path), "onnx", out=str(tmp_path / "o"))
     assert calls[-1] == (str(tmp_path), "best", True)
-    with pytest.raises(ValueError, match="--checkpoint='newest'"):
+    with pytest.raises(cli.ArgumentError, match="checkpoint 'newest' is neither"):
         export.export_from_workdir(str(tmp_path), "onnx", checkpoint="newest")
 
 
