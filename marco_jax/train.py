@@ -402,6 +402,7 @@ def _train_and_evaluate(
         if not eval_metrics:  # the run had already finished or stopped: report where it stands
             eval_metrics = evaluator.run(state, step, workdir, writer)
     finally:
+        preemption.close()
         if train_iter is not None and hasattr(train_iter, "close"):
             train_iter.close()  # grain worker processes
         try:
