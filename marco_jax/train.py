@@ -307,7 +307,7 @@ def _train_and_evaluate(
     state = jax.device_put(state, replicated)
 
     manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
-    saver = checkpoints.Saver(manager)
+    saver = checkpoints.Saver(manager, config)
     progress = _new_progress()
     restored = checkpoints.restore_latest(manager, state)
     if restored is not None:
