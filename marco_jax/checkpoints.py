@@ -17,6 +17,9 @@ finite loss), and the run then saved the contaminated state and deleted the last
   - a restore recomputes both and compares; a checkpoint that fails, or cannot be read at all,
     is moved aside to `checkpoints_rejected/` and the previous one is tried, with a warning
     naming both; with none left, `CheckpointError` says what was wrong with each;
+  - the integrity item also records what the state was trained for (`trained_for`: the model
+    config and the input preprocessing), which shapes alone cannot tell (a 151 px config.json
+    over a 599 px checkpoint has the same arrays); inference loads compare it with config.json;
   - each checkpoint is read back and verified before the next one is written, and at least two
     are kept, so the preservation policy never deletes the newest verified checkpoint before a
     newer one has been verified.
@@ -26,9 +29,12 @@ one line, instead of thousands of lines of asyncio tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import logging as std_logging
+import re
 import sys
 import time
 from typing import Any
@@ -42,7 +48,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from marco_jax import models
+from marco_jax import models, preprocess
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -50,6 +56,7 @@ REJECTED_DIR = "checkpoints_rejected"
 EVAL_METRIC = "accuracy"
 INTEGRITY_ITEM = "integrity"
 MIN_KEPT = 2  # the newest verified checkpoint survives while the next one is written
+SETTLE_POLLS, SETTLE_POLL_S = 5, 0.1  # after a failed restore (see _settle_failed_read)
 
 
 class CheckpointError(RuntimeError):
@@ -141,14 +148,20 @@ def _describe(paths: list[str], limit: int = 3) -> str:
     return ", ".join(paths[:limit]) + more
 
 
+def _by_name(record: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Keys reduced to their names ("params/Logits/kernel"), the same whether the state was a
+    TrainState (`.params['Logits']`) or the plain dict an inference restore gives."""
+    return {"/".join(re.findall(r"[^.\[\]'\"]+", key)): leaf for key, leaf in record.items()}
+
+
 def _verify(state: Any, saved: dict[str, Any] | None) -> None:
     """Raises ValueError (one line) unless `state` is finite and matches its saved record."""
-    record = state_record(state)
+    record = _by_name(state_record(state))
     if bad := non_finite_leaves(record):
         raise ValueError(f"non-finite values in {_describe(bad)}")
     if saved is None:
         return  # an older or imported checkpoint: finiteness is all that can be checked
-    leaves = saved["leaves"]
+    leaves = _by_name(saved["leaves"])
     if leaves.keys() != record.keys():
         raise ValueError("its leaves differ from the state this config builds")
     changed = [p for p in record if record[p]["checksum"] != leaves[p]["checksum"]]
@@ -158,6 +171,43 @@ def _verify(state: Any, saved: dict[str, Any] | None) -> None:
             f"checksum mismatch in {_describe(changed)} (max |x| of {first} is "
             f"{record[first]['max_abs']:.3g}, {leaves[first]['max_abs']:.3g} when saved)"
         )
+
+
+def trained_for(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What a checkpoint's arrays mean: the network and the input transform it was trained on."""
+    return {
+        "model": config.model.to_dict(),
+        "preprocessing": preprocess.Preprocessing.from_config(config).to_metadata(),
+    }
+
+
+def check_trained_for(
+    config: ml_collections.ConfigDict, saved: dict[str, Any] | None, step: int
+) -> None:
+    """Raises ValueError naming each field where config.json and checkpoint `step` disagree."""
+    if saved is None or "trained_for" not in saved:
+        return  # an older or imported checkpoint: its shapes are all that can be checked
+    now, then = _flat(trained_for(config)), _flat(saved["trained_for"])
+    differing = [key for key in sorted(then) if now.get(key) != then[key]]
+    if differing:
+        fields = ", ".join(
+            f"{key} is {now.get(key)!r} there but was {then[key]!r}" for key in differing
+        )
+        raise ValueError(
+            f"config.json does not match checkpoint {step}, which was trained with other "
+            f"settings ({fields}); config.json was changed after training? Restore the run's "
+            "own config.json."
+        )
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 # ---------------------------------------------------------------------------- save
@@ -246,8 +296,9 @@ class Saver:
     when a save failed, after removing the failed save's temporary directory.
     """
 
-    def __init__(self, manager: ocp.CheckpointManager):
+    def __init__(self, manager: ocp.CheckpointManager, config: ml_collections.ConfigDict):
         self.manager = manager
+        self._trained_for = trained_for(config)
         self._unverified: tuple[int, Any] | None = None  # (step, abstract state)
 
     def save(
@@ -273,7 +324,11 @@ class Saver:
                     args=ocp.args.Composite(
                         state=ocp.args.StandardSave(state),
                         progress=ocp.args.JsonSave(progress),
-                        **{INTEGRITY_ITEM: ocp.args.JsonSave({"leaves": record})},
+                        **{
+                            INTEGRITY_ITEM: ocp.args.JsonSave(
+                                {"leaves": record, "trained_for": self._trained_for}
+                            )
+                        },
                     ),
                     metrics=metrics,
                     force=True,
@@ -344,6 +399,22 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
     return str(target)
 
 
+def _settle_failed_read() -> None:
+    """Lets a failed restore's other reads finish, quietly, before anything else runs.
+
+    A restore fails at its first bad array while tensorstore still reads the others; their
+    completions then call back into Orbax's closed event loop from tensorstore's threads and
+    print "Event loop is closed" tracebacks to sys.stderr, and their abandoned coroutines raise
+    when collected. Both are silenced here for a moment (the one error that matters is reported
+    by the caller). Must run outside the `except` block: there the error's traceback still holds
+    the coroutines.
+    """
+    with QuietOrbax(), contextlib.redirect_stderr(io.StringIO()):
+        for _ in range(SETTLE_POLLS):
+            gc.collect()
+            time.sleep(SETTLE_POLL_S)
+
+
 def restore_latest(
     manager: ocp.CheckpointManager, abstract_state: Any
 ) -> tuple[Any, dict[str, Any]] | None:
@@ -362,29 +433,32 @@ def restore_latest(
             state, progress = _restore_verified(manager, step, abstract_state)
         except Exception as e:  # noqa: BLE001 - unreadable for whatever reason: try the previous
             failures.append((step, _one_line(e)))
-            continue
-        for bad, reason in failures:
-            # One process moves; every process has read the same files and judged alike.
-            where = _set_aside(manager, bad) if jax.process_index() == 0 else "(process 0)"
-            logging.warning(
-                "Checkpoint %d in %s is unreadable or corrupt (%s); moved it to %s and resumed "
-                "from checkpoint %d, the newest good one.",
-                bad,
-                manager.directory,
-                reason,
-                where,
-                step,
-            )
-        if failures:
-            if jax.process_count() > 1:
-                multihost_utils.sync_global_devices("marco_jax.checkpoints.set_aside")
-            manager.reload()
-        return state, progress
-    details = "; ".join(f"step {s}: {reason}" for s, reason in failures)
-    raise CheckpointError(
-        f"no readable checkpoint in {manager.directory} ({details}); restore a backup, or move "
-        "the checkpoints directory away to start afresh."
-    )
+        else:
+            break
+        _settle_failed_read()
+    else:
+        details = "; ".join(f"step {s}: {reason}" for s, reason in failures)
+        raise CheckpointError(
+            f"no readable checkpoint in {manager.directory} ({details}); restore a backup, or "
+            "move the checkpoints directory away to start afresh."
+        )
+    for bad, reason in failures:
+        # One process moves; every process has read the same files and judged alike.
+        where = _set_aside(manager, bad) if jax.process_index() == 0 else "(process 0)"
+        logging.warning(
+            "Checkpoint %d in %s is unreadable or corrupt (%s); moved it to %s and resumed "
+            "from checkpoint %d, the newest good one.",
+            bad,
+            manager.directory,
+            reason,
+            where,
+            step,
+        )
+    if failures:
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("marco_jax.checkpoints.set_aside")
+        manager.reload()
+    return state, progress
 
 
 # ---------------------------------------------------------------------------- config
@@ -434,13 +508,24 @@ def load_for_inference(
     """Rebuilds the trained network from a workdir, with the EMA weights unless told otherwise.
 
     Returns (config, model, step). The paper evaluates "a running average of the training model"
-    (section 3, "Training"), hence EMA by default.
+    (section 3, "Training"), hence EMA by default. Raises FileNotFoundError or ValueError (one
+    line) for a missing workdir or step, a config.json that no longer describes the checkpoint
+    (`check_trained_for`), or a checkpoint whose values fail their integrity record.
     """
     config = read_config(workdir)
     manager = create_manager(workdir, read_only=True)
     step = resolve_step(manager, checkpoint)
+    saved = integrity_record(manager, step)
+    check_trained_for(config, saved, step)
     restored = restore_on_this_host(manager, step)
     manager.close()
+    try:
+        _verify(restored, saved)
+    except ValueError as e:
+        raise ValueError(
+            f"checkpoint {step} in {workdir} is corrupt ({e}); choose another with "
+            "--checkpoint, or restore the workdir from a backup."
+        ) from None
     model = nnx.eval_shape(lambda: models.create_model(config))
     params = restored["ema_params" if use_ema else "params"]
     batch_stats = restored["ema_batch_stats" if use_ema else "batch_stats"]

@@ -25,7 +25,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from marco_jax import checkpoints, cli, models, optim, release, train
+from marco_jax import checkpoints, cli, models, optim, release
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 PROVENANCE_FILE = "release.json"
@@ -46,11 +46,14 @@ def import_release(
             f"{workdir} already holds a run (config.json or checkpoints/); pass a new --workdir."
         )
     try:
+        release.check_release_dir(savedmodel)  # before TensorFlow prints its start-up banners
         values = release.read_variables(savedmodel)
         model = models.create_model(config, rngs=config.seed)
         release.load_into(model, values)
     except release.ReleaseError as e:
         raise cli.ArgumentError(f"{savedmodel}: {e}") from e
+    from marco_jax import train  # loads TensorFlow through clu: only once the input is good
+
     # The optimiser's state is fresh: the release ships no slots for RMSProp.
     _, state = train.create_train_state(
         model, optim.create_optimizer(config, steps_per_epoch=1), config.seed

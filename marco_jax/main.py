@@ -29,7 +29,7 @@ from absl import flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from marco_jax import checkpoints, cli, config_checks, parallel, train, workdir_lock
+from marco_jax import checkpoints, cli, config_checks, parallel, workdir_lock
 
 EXIT_FINISHED = 0
 EXIT_USAGE = 2
@@ -60,6 +60,10 @@ def main(argv: list[str]) -> None:
     # Before anything logs: a bad value is the only output, one line per field.
     if problems := config_checks.problems(_CONFIG.value):
         _fail(EXIT_USAGE, "\nerror: ".join(problems))
+    # Imported only now: loading TensorFlow (through clu's writers) prints C++ banners that no
+    # flag silences, and a bad value must be the only line a user sees.
+    from marco_jax import train
+
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     platform.work_unit().set_task_status(
         f"process_index: {jax.process_index()}, process_count: {jax.process_count()}"

@@ -112,8 +112,16 @@ class PreemptionWatcher:
     def __init__(self) -> None:
         self._terminated = threading.Event()
         self._multihost = jax.process_count() > 1
+        self._previous_handler = None
         if not self._multihost and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def close(self) -> None:
+        """Gives SIGTERM back to whoever had it: a process that trains in-process (a test, a
+        notebook) must not stay deaf to SIGTERM after the run."""
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
 
     def _on_sigterm(self, signum, frame) -> None:
         logging.warning("SIGTERM received: saving a checkpoint before exiting.")

@@ -295,7 +295,7 @@ def _train_and_evaluate(
     state = jax.device_put(state, replicated)
 
     manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
-    saver = checkpoints.Saver(manager)
+    saver = checkpoints.Saver(manager, config)
     progress = _new_progress()
     restored = checkpoints.restore_latest(manager, state)
     if restored is not None:
@@ -390,6 +390,7 @@ def _train_and_evaluate(
         if not eval_metrics:  # the run had already finished or stopped: report where it stands
             eval_metrics = evaluator.run(state, step, workdir, writer)
     finally:
+        preemption.close()
         if train_iter is not None and hasattr(train_iter, "close"):
             train_iter.close()  # grain worker processes
         try:

@@ -463,3 +463,45 @@ def test_crash_while_scoring_says_where_the_finished_rows_are(monkeypatch, tmp_p
         f"broke); {out} was not written"
     )
     assert len(_rows(partial)) == 2 and not out.exists()
+
+
+def test_image_size_changed_in_config_json_is_refused_naming_both_values(
+    trained_workdir, tmp_path, capsys
+):
+    """Same arrays at any image size (global pooling): only the checkpoint's record tells."""
+    workdir = tmp_path / "workdir"
+    shutil.copytree(trained_workdir, workdir)
+    config_path = workdir / "config.json"
+    config = json.loads(config_path.read_text())
+    trained_size = config["model"]["image_size"]
+    config["model"]["image_size"] = trained_size + 32
+    config_path.write_text(json.dumps(config))
+    photo = _jpeg(tmp_path / "a.jpg")
+    code = _classify_checkpoint(f"--checkpoint={workdir}", photo, f"--output={tmp_path}/s.csv")
+    assert code == cli.EXIT_USAGE
+    message = _last_error(capsys)
+    assert "config.json does not match checkpoint" in message
+    assert f"model.image_size is {trained_size + 32} there but was {trained_size}" in message
+    assert "preprocessing.image_size" in message
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_corrupted_checkpoint_is_refused_for_scoring(trained_workdir, tmp_path, capsys):
+    """Inference loads verify the checkpoint's integrity record, as training's restores do."""
+    workdir = tmp_path / "workdir"
+    shutil.copytree(trained_workdir, workdir)
+    step_dir = max((workdir / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    chunks = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    chunk = max(chunks, key=lambda p: p.stat().st_size)
+    data = bytearray(chunk.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    photo = _jpeg(tmp_path / "a.jpg")
+    code = _classify_checkpoint(
+        f"--checkpoint={workdir}", "--step=latest", photo, f"--output={tmp_path}/s.csv"
+    )
+    assert code == cli.EXIT_USAGE
+    message = _last_error(capsys)
+    assert f"checkpoint {step_dir.name} in {workdir} is corrupt" in message, message
+    assert not (tmp_path / "s.csv").exists()

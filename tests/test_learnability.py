@@ -37,6 +37,8 @@ def test_tiny_model_beats_chance_widely_after_2000_steps(tfds_data_dir, tmp_path
         f"eval accuracy {result['accuracy']:.3f} after {result['step']} steps of batch "
         f"{config.input.global_batch_size} in {elapsed:.0f} s (build included); recalls {recalls}"
     )
+    # A run cut short (SIGTERM, early stopping) must not pass for a model that learns slowly.
+    assert (result["status"], result["step"]) == (train.FINISHED, 2000)
     assert result["num_examples"] == 800
     # 0.45 is 13 standard errors of an 800-image accuracy above chance.
     assert result["accuracy"] >= 0.45

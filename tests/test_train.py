@@ -21,7 +21,7 @@ import optax
 import pytest
 from helpers import REPO, ci_config
 
-from marco_jax import checkpoints, train
+from marco_jax import checkpoints, parallel, train
 
 
 def _final_state(workdir: pathlib.Path) -> tuple[int, dict]:
@@ -256,3 +256,14 @@ def test_bad_config_values_fail_with_what_to_change(tfds_data_dir, tmp_path):
     config.dataset.config_name = "full"
     with pytest.raises(Exception, match="manual_dir"):
         train.train_and_evaluate(config, str(tmp_path / "b"))
+
+
+def test_the_preemption_watcher_gives_sigterm_back_when_closed():
+    """Training in-process (a test, a notebook) must not leave the process deaf to SIGTERM."""
+    before = signal.getsignal(signal.SIGTERM)
+    watcher = parallel.PreemptionWatcher()
+    assert signal.getsignal(signal.SIGTERM) != before
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert watcher.should_stop(step=1)
+    watcher.close()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -108,7 +108,7 @@ def test_save_refuses_a_non_finite_state(workdir, tfds_data_dir):
     bad = state.replace(opt_state=jax.tree.map(lambda x: x * np.nan, state.opt_state))
     manager = checkpoints.create_manager(str(workdir), config.keep_checkpoints)
     with pytest.raises(checkpoints.NonFiniteStateError, match="step 9 holds non-finite"):
-        checkpoints.Saver(manager).save(9, bad, progress)
+        checkpoints.Saver(manager, config).save(9, bad, progress)
     manager.close()
     assert checkpoints.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
 
@@ -211,7 +211,7 @@ def test_full_disk_save_is_one_error_and_removes_its_tmp_dir(
     config = ci_config(tfds_data_dir)
     state, progress = _restore(workdir, config)
     manager = checkpoints.create_manager(str(full_disk), config.keep_checkpoints)
-    saver = checkpoints.Saver(manager)
+    saver = checkpoints.Saver(manager, config)
     with pytest.raises(checkpoints.CheckpointError) as error:
         saver.save(6, state, progress)
         saver.finish()
