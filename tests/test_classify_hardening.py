@@ -477,7 +477,7 @@ def test_image_size_changed_in_config_json_is_refused_naming_both_values(
     config["model"]["image_size"] = trained_size + 32
     config_path.write_text(json.dumps(config))
     photo = _jpeg(tmp_path / "a.jpg")
-    code = _classify_checkpoint(f"--checkpoint={workdir}", photo, f"--output={tmp_path}/s.csv")
+    code = _classify_checkpoint(f"--workdir={workdir}", photo, f"--output={tmp_path}/s.csv")
     assert code == cli.EXIT_USAGE
     message = _last_error(capsys)
     assert "config.json does not match checkpoint" in message
@@ -499,7 +499,7 @@ def test_a_corrupted_checkpoint_is_refused_for_scoring(trained_workdir, tmp_path
     chunk.write_bytes(bytes(data))
     photo = _jpeg(tmp_path / "a.jpg")
     code = _classify_checkpoint(
-        f"--checkpoint={workdir}", "--step=latest", photo, f"--output={tmp_path}/s.csv"
+        f"--workdir={workdir}", "--checkpoint=latest", photo, f"--output={tmp_path}/s.csv"
     )
     assert code == cli.EXIT_USAGE
     message = _last_error(capsys)

@@ -3,7 +3,7 @@
 The release's graph (shared/released_marco/saved_model.pb) is filled with random, calibrated
 values (`release_graph.write_random_release`) and scores the 16 real drop photographs under
 TensorFlow, as its users run it. The same directory is imported (`import_release`) and the same
-files are scored by `classify --checkpoint` (JAX) and by every export through `classify
+files are scored by `classify --workdir` (JAX) and by every export through `classify
 --model`: each probability must equal the release's.
 """
 
@@ -89,7 +89,7 @@ def test_the_random_release_is_informative(release_answers):
 
 
 def test_classify_checkpoint_scores_as_the_release(imported, release_answers, tmp_path):
-    got = _classify(tmp_path, "--checkpoint", imported, "--batch_size", 8)
+    got = _classify(tmp_path, "--workdir", imported, "--batch_size", 8)
     np.testing.assert_array_less(np.abs(got - release_answers[1]).max(), TOLERANCE)
 
 
