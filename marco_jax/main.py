@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
     )
     if result["status"] == train.PREEMPTED:
         sys.stderr.write(
-            f"preempted at step {result['step']}: checkpoint saved; relaunch to resume "
+            f"preempted at step {result['stopped_at']}: checkpoint saved; relaunch to resume "
             f"(exit {EXIT_PREEMPTED}).\n"
         )
         sys.exit(EXIT_PREEMPTED)

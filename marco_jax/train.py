@@ -400,7 +400,8 @@ def _train_and_evaluate(
         except Exception as e:  # noqa: BLE001 - the error being raised matters more
             logging.warning("Closing the checkpoint manager failed: %s", e)
         writer.flush()
-    return eval_metrics | {"status": status}
+    # "step" is the last evaluation's; a preempted run stops (and is saved) later than that.
+    return eval_metrics | {"status": status, "stopped_at": step}
 
 
 def _num_labels(source: Any) -> int | None:
