@@ -41,7 +41,9 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from marco_jax import augment, export, models
+from marco_jax import export
+from marco_jax.data import augment
+from marco_jax.model import inception
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PATHS = ("jax", *export.FORMATS)
@@ -62,10 +64,10 @@ _CHECK_BATCH = 4  # images compared between each export and JAX
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
-def _random_model(config, seed: int = 0) -> models.InceptionV3:
+def _random_model(config, seed: int = 0) -> inception.InceptionV3:
     """The configured network with He-scaled random kernels and non-trivial BatchNorm statistics
     (a fresh model's mean 0 / var 1 would hide a wrong BatchNorm fold in the agreement check)."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: models.create_model(config)))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: inception.create_model(config)))
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
@@ -82,7 +84,7 @@ def _random_model(config, seed: int = 0) -> models.InceptionV3:
     return nnx.merge(graphdef, state)
 
 
-def _jax_predict(model: models.InceptionV3) -> Predict:
+def _jax_predict(model: inception.InceptionV3) -> Predict:
     graphdef, state = nnx.split(model)
 
     @jax.jit

@@ -121,7 +121,7 @@ def _grain_batches(
     jax.config.update("jax_platforms", "cpu")
     import jax.numpy as jnp
 
-    from marco_jax import augment, input_pipeline
+    from marco_jax.data import augment, input_pipeline
 
     config = _config(args)
 
@@ -151,7 +151,7 @@ def _grain_batches(
 def _tf_batches(paths: list[str], args: argparse.Namespace, cores: int) -> Iterator:
     import tensorflow as tf
 
-    from marco_jax import augment
+    from marco_jax.data import augment
 
     config = _config(args)
     size = config.model.image_size

@@ -23,7 +23,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from marco_jax import models, optim, parallel, train
+from marco_jax import parallel
+from marco_jax.model import inception
+from marco_jax.training import optim, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Model/optimizer config.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
@@ -50,7 +52,7 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     config.input.global_batch_size = _BATCH.value
     parallel.check_divisible(_BATCH.value, "global_batch_size")
-    model = models.create_model(config)
+    model = inception.create_model(config)
     tx = optim.create_optimizer(config, steps_per_epoch=1000)
     graphdef, state = train.create_train_state(model, tx, seed=0)
     mesh = parallel.create_mesh()

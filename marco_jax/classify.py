@@ -34,7 +34,7 @@ cell is the path itself unless it starts with "'"; then drop the "'" and percent
 to bytes, which are the file name (a name that is not UTF-8 is written that way, %E9 for a
 Latin-1 e-acute):
 
-  path = classify_csv.path_from_cell(row["path"])  # or, without marco_jax:
+  path = csv_file.path_from_cell(row["path"])  # or, without marco_jax:
   path = os.fsdecode(urllib.parse.unquote_to_bytes(cell[1:])) if cell[:1] == "'" else cell
 
 Nothing is lost or destroyed: the output must not be an input (an image or list), and it and the
@@ -68,19 +68,11 @@ from absl import flags, logging
 from flax import nnx
 from PIL import Image
 
-from marco_jax import (
-    augment,
-    classify_checks,
-    classify_csv,
-    classify_io,
-    cli,
-    evaluate,
-    image_io,
-    models,
-    preprocess,
-    saliency,
-)
+from marco_jax import cli, evaluate
+from marco_jax.data import augment, image_io, preprocess
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.model import inception
+from marco_jax.serving import checks, csv_file, engine, saliency
 
 EXIT_OUTPUT_FAILED = 4  # the CSV (or a heat map) could not be written; finished rows are kept
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); finished rows are kept
@@ -90,11 +82,11 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); finished r
 class Predictor:
     """What scoring needs from a model: the batch function and its input geometry."""
 
-    predict: classify_io.PredictFn
+    predict: engine.PredictFn
     preprocessing: preprocess.Preprocessing
 
 
-def jax_predict_fn(model: nnx.Module) -> classify_io.PredictFn:
+def jax_predict_fn(model: nnx.Module) -> engine.PredictFn:
     """uint8 [N, S, S, 3] -> probabilities [N, classes] with the NNX `model`, jitted (one
     compilation per batch shape; classify_io always sends the same one)."""
     graphdef, state = nnx.split(model)
@@ -119,7 +111,7 @@ def exported_predictor(path: str) -> Predictor:
     Raises:
       cli.ArgumentError: not an export, or one whose classes differ from CLASS_NAMES.
     """
-    from marco_jax import export  # Lazy: TensorFlow/ONNX Runtime only when an export is used.
+    from marco_jax import export
 
     try:
         exported = export.load_exported(path)
@@ -147,7 +139,7 @@ def common_root(paths: Sequence[str]) -> str:
 
 
 def write_saliency_maps(
-    rows: Sequence[classify_io.Row],
+    rows: Sequence[engine.Row],
     model: nnx.Module,
     out_dir: str,
     *,
@@ -228,7 +220,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the SmoothGrad noise.", flag_values=fv)
     flags.DEFINE_integer(
         "workers",
-        classify_io.DEFAULT_NUM_WORKERS,
+        engine.DEFAULT_NUM_WORKERS,
         "Threads reading and cropping images.",
         flag_values=fv,
     )
@@ -240,7 +232,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_float(
         "memory_gb",
-        classify_io.DEFAULT_MEMORY_BUDGET / 2**30,
+        engine.DEFAULT_MEMORY_BUDGET / 2**30,
         "Memory the readers may fill with decoded images at once, whatever --workers is.",
         flag_values=fv,
     )
@@ -277,7 +269,7 @@ def _check_arguments(fv: flags.FlagValues, paths: Sequence[str]) -> None:
     folder = os.path.dirname(os.path.abspath(fv.output))
     if os.path.isdir(fv.output) or not os.path.isdir(folder):
         raise cli.ArgumentError(
-            f"--output {classify_csv.display(fv.output)} must be a file in an existing folder "
+            f"--output {csv_file.display(fv.output)} must be a file in an existing folder "
             "(the CSV to write)."
         )
 
@@ -287,17 +279,17 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
 
     Everything that can be checked is checked before scoring (arguments, inputs, the output
     and --saliency folders, the model); rows are then written as they are scored
-    (`classify_csv.CsvSink`).
+    (`csv_file.CsvSink`).
     """
     sink = None
     try:
         _check_arguments(fv, argv[1:])
         inputs = image_io.scan_inputs(argv[1:])
-        classify_checks.check_output_is_not_an_input(fv.output, argv[1:], inputs.paths)
-        header = classify_io.csv_header(fv.crystal_threshold)
-        sink = classify_csv.CsvSink(fv.output, header)  # the start-up probe of --output
+        checks.check_output_is_not_an_input(fv.output, argv[1:], inputs.paths)
+        header = engine.csv_header(fv.crystal_threshold)
+        sink = csv_file.CsvSink(fv.output, header)  # the start-up probe of --output
         if fv.saliency is not None:
-            classify_checks.probe_folder(fv.saliency, "--saliency")
+            checks.probe_folder(fv.saliency, "--saliency")
         model = None  # the NNX network, for saliency
         if fv.workdir is not None:
             loaded = evaluate.load(fv.workdir, fv.checkpoint, use_ema=not fv.raw_weights)
@@ -305,7 +297,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
             model, predictor = loaded.model, checkpoint_predictor(loaded)
         else:
             predictor = exported_predictor(fv.model)
-    except (cli.ArgumentError, image_io.InputListError, classify_csv.OutputError) as e:
+    except (cli.ArgumentError, image_io.InputListError, csv_file.OutputError) as e:
         if sink is not None:
             sink.abandon()
         cli.fail(str(e))
@@ -316,26 +308,26 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
     max_pixels = int(fv.max_megapixels * 1e6)
     # Pillow's own guard (a warning at 1x, an error at 2x its limit) follows the flag.
     Image.MAX_IMAGE_PIXELS = max(max_pixels, image_io.DEFAULT_MAX_PIXELS)
-    rows: list[classify_io.Row] = []
+    rows: list[engine.Row] = []
     try:
-        for row in classify_io.iter_scores(
+        for row in engine.iter_scores(
             inputs.paths,
             predictor.predict,
             preprocessing=predictor.preprocessing,
             batch_size=fv.batch_size,
-            tta=classify_io.ALL_TTA if fv.tta else (),
+            tta=engine.ALL_TTA if fv.tta else (),
             num_workers=fv.workers,
             max_pixels=max_pixels,
             memory_budget=int(fv.memory_gb * 2**30),
         ):
-            sink.write(classify_io.row_cells(row, fv.crystal_threshold))
+            sink.write(engine.row_cells(row, fv.crystal_threshold))
             rows.append(row)
         sink.commit()
     except KeyboardInterrupt:
         sys.stderr.write(f"\ninterrupted: {sink.failure('interrupted')}\n")
         return EXIT_INTERRUPTED
     except OSError as e:
-        failure = e if isinstance(e, classify_csv.OutputError) else sink.failure(e)
+        failure = e if isinstance(e, csv_file.OutputError) else sink.failure(e)
         sys.stderr.write(f"error: writing the CSV failed: {failure}\n")
         return EXIT_OUTPUT_FAILED
     except Exception as e:  # a crash (exit 1, with its traceback): say where the rows are
@@ -354,19 +346,19 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
             )
         except OSError as e:
             sys.stderr.write(
-                f"error: writing a heat map under {classify_csv.display(fv.saliency)} failed "
-                f"({e.strerror or e}); the CSV {classify_csv.display(fv.output)} is complete\n"
+                f"error: writing a heat map under {csv_file.display(fv.saliency)} failed "
+                f"({e.strerror or e}); the CSV {csv_file.display(fv.output)} is complete\n"
             )
             return EXIT_OUTPUT_FAILED
         logging.info("Wrote %d heat maps under %s", len(written), fv.saliency)
-    print(classify_io.summary_line(rows, inputs.skipped_summary()))
-    return classify_io.exit_code(rows)
+    print(engine.summary_line(rows, inputs.skipped_summary()))
+    return engine.exit_code(rows)
 
 
 def _check_checkpoint(loaded: evaluate.Loaded, workdir: str) -> None:
     """The restored arrays must have the shapes the workdir's config.json gives the model."""
-    expected = nnx.eval_shape(lambda: models.create_model(loaded.config))
-    classify_checks.check_checkpoint_matches_config(
+    expected = nnx.eval_shape(lambda: inception.create_model(loaded.config))
+    checks.check_checkpoint_matches_config(
         loaded.model, expected, f"{workdir} (step {loaded.step})"
     )
 

@@ -4,7 +4,7 @@
       [--out DIR] [--raw_weights] [--crystal_threshold X] [--data_dir DIR]
 
 The model and the dataset come from the workdir's config.json (written by training); the split is
-read and preprocessed as in training's periodic evaluation, by `evaluation.Evaluator` on every
+read and preprocessed as in training's periodic evaluation, by `evaluator.Evaluator` on every
 device of every host. Writes report.json, PNG plots and a self-contained report.html
 (`marco_jax.report`) into --out, by default DIR/report_<step>_<split>: accuracy, the Table-4
 confusion matrix, the Table-5 spread across data sources when the dataset records them, Fig-3
@@ -29,16 +29,11 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from marco_jax import (
-    checkpoints,
-    cli,
-    evaluation,
-    input_pipeline,
-    metrics,
-    models,
-    parallel,
-    report,
-)
+from marco_jax import cli, parallel
+from marco_jax.data import input_pipeline
+from marco_jax.evaluation import evaluator, metrics, report
+from marco_jax.model import inception
+from marco_jax.training import checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +41,7 @@ class Loaded:
     """A checkpoint's network with the config it was trained with."""
 
     config: ml_collections.ConfigDict
-    model: models.InceptionV3
+    model: inception.InceptionV3
     step: int
     use_ema: bool
 
@@ -74,13 +69,13 @@ def load(
 
 def predict(
     loaded: Loaded, source: Sequence[dict[str, Any]]
-) -> tuple[evaluation.Evaluator, np.ndarray]:
+) -> tuple[evaluator.Evaluator, np.ndarray]:
     """Probabilities [len(source), classes] in the source's order, and the evaluator that holds
     the records' labels and data sources."""
     parallel.check_divisible(loaded.config.input.eval_batch_size, "eval_batch_size")
-    graphdef, params, batch_stats = models.split_model(loaded.model)
-    evaluator = evaluation.Evaluator(loaded.config, graphdef, source, parallel.create_mesh())
-    return evaluator, evaluator.predict(params, batch_stats)
+    graphdef, params, batch_stats = inception.split_model(loaded.model)
+    split = evaluator.Evaluator(loaded.config, graphdef, source, parallel.create_mesh())
+    return split, split.predict(params, batch_stats)
 
 
 def write_evaluation(
@@ -96,9 +91,12 @@ def write_evaluation(
 
     Only process 0 writes; the other processes of a multi-host job return {}.
     """
-    evaluator, probs = predict(loaded, source)
+    split_evaluator, probs = predict(loaded, source)
     result = metrics.compute_all(
-        evaluator.labels, probs, sources=evaluator.sources(), crystal_threshold=crystal_threshold
+        split_evaluator.labels,
+        probs,
+        sources=split_evaluator.sources(),
+        crystal_threshold=crystal_threshold,
     )
     if jax.process_index() != 0:
         return {}

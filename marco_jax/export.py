@@ -8,8 +8,8 @@ XNNPACK's (TFLite) or MLAS's (ONNX Runtime), and lab workstations have no GPU;
 `bench/inference.py` measures the gap. `classify --model` runs any of the three through
 `load_exported`.
 
-How: the network is rebuilt in each target from the layer tables that define it (`models.STEM`,
-`models.MIXED_BLOCKS`, through the model's own `stem`, branches and forks), with every BatchNorm
+How: the network is rebuilt in each target from the layer tables that define it (`inception.STEM`,
+`inception.MIXED_BLOCKS`, through the model's own `stem`, branches and forks), with every BatchNorm
 folded into its convolution (inference only: w * rsqrt(var + eps), beta - mean * rsqrt(var + eps)).
 `jax2tf` was the alternative and is not used: in this JAX version it only does native
 serialization, i.e. one `XlaCallModule` op that TensorFlow hands back to XLA (no oneDNN kernels, so
@@ -64,9 +64,10 @@ from typing import Any, Protocol
 import ml_collections
 import numpy as np
 
-from marco_jax import models, preprocess
+from marco_jax.data import preprocess
 from marco_jax.labels import CLASS_NAMES
-from marco_jax.release import RELEASE_CLASS_NAMES, RELEASE_INDEX_OF_OURS
+from marco_jax.model import inception
+from marco_jax.model.release import RELEASE_CLASS_NAMES, RELEASE_INDEX_OF_OURS
 
 FORMATS = ("saved_model", "tflite", "onnx")
 ONNX_OPSET = 17  # Softmax on the last axis and everything used here; widely supported runtimes.
@@ -95,7 +96,7 @@ class Concat:
     branches: tuple[tuple[Step, ...], ...]
 
 
-Step = FoldedConv | models.Pool | Concat
+Step = FoldedConv | inception.Pool | Concat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Network:
     logits_bias: np.ndarray
 
 
-def fold_batch_norm(name: str, layer: models.ConvBN) -> FoldedConv:
+def fold_batch_norm(name: str, layer: inception.ConvBN) -> FoldedConv:
     """BatchNorm with running statistics is affine, so it merges into the convolution."""
     bn = layer.bn
     inv_std = 1.0 / np.sqrt(np.asarray(bn.var[...], np.float64) + bn.epsilon)
@@ -119,25 +120,25 @@ def fold_batch_norm(name: str, layer: models.ConvBN) -> FoldedConv:
     )
 
 
-def _chain_steps(owner: Any, layers: Sequence[models.Layer], prefix: str) -> tuple[Step, ...]:
-    def conv(spec: models.Conv) -> FoldedConv:
+def _chain_steps(owner: Any, layers: Sequence[inception.Layer], prefix: str) -> tuple[Step, ...]:
+    def conv(spec: inception.Conv) -> FoldedConv:
         return fold_batch_norm(prefix + spec.name, getattr(owner, spec.name))
 
     steps: list[Step] = []
     for layer in layers:
-        if isinstance(layer, models.Conv):
+        if isinstance(layer, inception.Conv):
             steps.append(conv(layer))
-        elif isinstance(layer, models.Fork):
+        elif isinstance(layer, inception.Fork):
             steps.append(Concat(tuple((conv(c),) for c in layer.convs)))
         else:
             steps.append(layer)
     return tuple(steps)
 
 
-def network_of(model: models.InceptionV3) -> Network:
+def network_of(model: inception.InceptionV3) -> Network:
     """The eval-mode computation of `model` (no dropout, no auxiliary head) as folded steps."""
     steps = list(_chain_steps(model, model.stem, ""))
-    for name, _ in models.MIXED_BLOCKS:
+    for name, _ in inception.MIXED_BLOCKS:
         block = getattr(model, name)
         chains = {b: getattr(block, b) for b in block.branch_names}
         steps.append(
@@ -149,7 +150,7 @@ def network_of(model: models.InceptionV3) -> Network:
 
 class _Builder(Protocol):
     def conv(self, x: Any, step: FoldedConv) -> Any: ...
-    def pool(self, x: Any, step: models.Pool) -> Any: ...
+    def pool(self, x: Any, step: inception.Pool) -> Any: ...
     def concat(self, xs: list[Any]) -> Any: ...
 
 
@@ -158,7 +159,7 @@ def _apply(steps: Sequence[Step], x: Any, builder: _Builder) -> Any:
     for step in steps:
         if isinstance(step, FoldedConv):
             x = builder.conv(x, step)
-        elif isinstance(step, models.Pool):
+        elif isinstance(step, inception.Pool):
             x = builder.pool(x, step)
         else:
             x = builder.concat([_apply(branch, x, builder) for branch in step.branches])
@@ -330,7 +331,7 @@ class _TFBuilder:
         kernel, bias = self.weights[_variable_key(step.name)]
         return tf.nn.relu(tf.nn.conv2d(x, kernel, step.stride, step.padding) + bias)
 
-    def pool(self, x, step: models.Pool):
+    def pool(self, x, step: inception.Pool):
         tf = _tf()
         op = tf.nn.max_pool2d if step.kind == "max" else tf.nn.avg_pool2d  # avg excludes padding
         return op(x, step.window, step.stride, step.padding)
@@ -568,7 +569,7 @@ class _OnnxBuilder:
         )  # fmt: skip
         return _OnnxTensor(self.node("Relu", [y], step.name), height, width)
 
-    def pool(self, x: _OnnxTensor, step: models.Pool) -> _OnnxTensor:
+    def pool(self, x: _OnnxTensor, step: inception.Pool) -> _OnnxTensor:
         window = (step.window, step.window)
         pads, height, width = _window(x, window, step.stride, step.padding)
         attributes = {"kernel_shape": list(window), "strides": [step.stride] * 2, "pads": pads}
@@ -647,7 +648,7 @@ _SAVERS = {"saved_model": _save_saved_model, "tflite": _save_tflite, "onnx": _sa
 
 
 def export_model(
-    model: models.InceptionV3,
+    model: inception.InceptionV3,
     config: ml_collections.ConfigDict,
     out_dir: str | os.PathLike,
     fmt: str,
@@ -823,7 +824,8 @@ def export_from_workdir(
 ) -> pathlib.Path:
     """Exports a training run's checkpoint (its EMA weights unless raw_weights) to `out`
     (default WORKDIR/export). checkpoint: "best", "latest" or a step number."""
-    from marco_jax import checkpoints, cli
+    from marco_jax import cli
+    from marco_jax.training import checkpoints
 
     config, model, step = checkpoints.load_for_inference(
         workdir, checkpoint=cli.parse_checkpoint(checkpoint), use_ema=not raw_weights

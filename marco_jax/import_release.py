@@ -25,7 +25,9 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from marco_jax import checkpoints, cli, models, optim, release
+from marco_jax import cli
+from marco_jax.model import inception, release
+from marco_jax.training import checkpoints, optim
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 PROVENANCE_FILE = "release.json"
@@ -48,11 +50,11 @@ def import_release(
     try:
         release.check_release_dir(savedmodel)  # before TensorFlow prints its start-up banners
         values = release.read_variables(savedmodel)
-        model = models.create_model(config, rngs=config.seed)
+        model = inception.create_model(config, rngs=config.seed)
         release.load_into(model, values)
     except release.ReleaseError as e:
         raise cli.ArgumentError(f"{savedmodel}: {e}") from e
-    from marco_jax import train  # loads TensorFlow through clu: only once the input is good
+    from marco_jax.training import train
 
     # The optimiser's state is fresh: the release ships no slots for RMSProp.
     _, state = train.create_train_state(

@@ -29,7 +29,9 @@ from absl import flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from marco_jax import checkpoints, cli, config_checks, parallel, workdir_lock
+from marco_jax import cli, parallel
+from marco_jax.runs import lock
+from marco_jax.training import checkpoints, config_checks
 
 EXIT_FINISHED = 0
 EXIT_USAGE = 2
@@ -62,7 +64,7 @@ def main(argv: list[str]) -> None:
         _fail(EXIT_USAGE, "\nerror: ".join(problems))
     # Imported only now: loading TensorFlow (through clu's writers) prints C++ banners that no
     # flag silences, and a bad value must be the only line a user sees.
-    from marco_jax import train
+    from marco_jax.training import train
 
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     platform.work_unit().set_task_status(
@@ -71,7 +73,7 @@ def main(argv: list[str]) -> None:
     platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, _WORKDIR.value, "workdir")
     try:
         result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (config_checks.ConfigError, workdir_lock.WorkdirLockedError) as e:
+    except (config_checks.ConfigError, lock.WorkdirLockedError) as e:
         _fail(EXIT_USAGE, str(e).replace("\n", "\nerror: "))
     except train.NonFiniteLossError as e:
         _fail(EXIT_DIVERGED, str(e))

@@ -43,7 +43,8 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image
 
-from marco_jax import cli, evaluate, input_pipeline, parallel, preprocess
+from marco_jax import cli, evaluate, parallel
+from marco_jax.data import input_pipeline, preprocess
 from marco_jax.labels import CLASS_NAMES
 
 # Section 2, "Relabeling": "the 5% of the images that were most in disagreement with the

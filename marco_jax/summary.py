@@ -20,7 +20,8 @@ from clu import parameter_overview
 from flax import nnx
 from ml_collections import config_flags
 
-from marco_jax import cli, models
+from marco_jax import cli
+from marco_jax.model import inception
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
 
@@ -31,7 +32,7 @@ def _count(tree: Any) -> int:
 
 def model_summary(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
     """Returns clu's parameter table and the summary numbers, without running the network."""
-    model = nnx.eval_shape(lambda: models.create_model(config))
+    model = nnx.eval_shape(lambda: inception.create_model(config))
     graphdef, state = nnx.split(model)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     size = config.model.image_size

@@ -29,7 +29,7 @@ def tfds_data_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory, tfds_data_dir) -> pathlib.Path:
     """A workdir holding a finished configs/ci.py run (checkpoints, config.json, eval JSON)."""
-    from marco_jax import train
+    from marco_jax.training import train
 
     workdir = tmp_path_factory.mktemp("trained")
     train.train_and_evaluate(ci_config(tfds_data_dir), str(workdir))

@@ -16,7 +16,10 @@ import jax.numpy as jnp
 import optax
 from helpers import ci_config
 
-from marco_jax import input_pipeline, models, optim, parallel, train
+from marco_jax import parallel
+from marco_jax.data import input_pipeline
+from marco_jax.model import inception
+from marco_jax.training import optim, train
 
 
 def _relative_difference(reference, other) -> float:
@@ -30,7 +33,7 @@ def main(data_dir: str) -> None:
     tx = optim.create_optimizer(config, steps_per_epoch=10)
     learning_rate = optim.learning_rate_schedule(config, steps_per_epoch=10)
     graphdef, state = train.create_train_state(
-        models.create_model(config, rngs=config.seed), tx, config.seed
+        inception.create_model(config, rngs=config.seed), tx, config.seed
     )
     source = input_pipeline.open_tfds_source(config, config.dataset.train_split)
     dataset = input_pipeline.create_train_dataset(

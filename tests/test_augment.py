@@ -1,5 +1,5 @@
-"""marco_jax.augment against its specification: TF-slim's distort_color (paper section 3), op by op
-against tf.image, the four orderings against slim's code, and the sampled ranges against
+"""marco_jax.data.augment against its specification: TF-slim's distort_color (paper section 3),
+op by op against tf.image, the four orderings against slim's code, and the sampled ranges against
 config.input."""
 
 import pathlib
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marco_jax import augment
 from marco_jax.config_utils import load_config
+from marco_jax.data import augment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # float32 HSV round trips in TF and here differ by a few ulps.

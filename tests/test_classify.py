@@ -19,8 +19,11 @@ from helpers import REPO
 from image_fixtures import BAD_FILES, GOOD_FILES, write_lab_folder
 from PIL import Image
 
-from marco_jax import augment, checkpoints, classify, classify_io, cli, image_io, preprocess
+from marco_jax import classify, cli
+from marco_jax.data import augment, image_io, preprocess
 from marco_jax.labels import CLASS_NAMES, CRYSTALS
+from marco_jax.serving import engine
+from marco_jax.training import checkpoints
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -89,7 +92,7 @@ def test_mixed_folder_scores_every_good_file_and_names_every_bad_one(trained_wor
         text=True,
         cwd=REPO,
     )
-    assert result.returncode == classify_io.EXIT_SOME_FAILED == 3, result.stderr[-3000:]
+    assert result.returncode == engine.EXIT_SOME_FAILED == 3, result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == (
         f"scored {len(GOOD_FILES)}, failed {len(BAD_FILES)}, skipped 0"
     )
@@ -126,7 +129,7 @@ def test_all_good_exits_zero_and_writes_heat_maps(trained_workdir, good_folder, 
         f"--saliency={maps}",
         "--saliency_samples=2",
     )
-    assert code == classify_io.EXIT_ALL_SCORED == 0
+    assert code == engine.EXIT_ALL_SCORED == 0
     assert capsys.readouterr().out.splitlines()[-1] == "scored 6, failed 0, skipped 0"
     lines = _rows(out)
     assert len(lines) == 6 and all(line["error"] == "" for line in lines)
@@ -167,7 +170,7 @@ def test_exported_model_scores_like_the_checkpoint(trained_workdir, good_folder,
         crop = preprocess.center_crop_and_resize(
             image_io.load_image(row["path"]), predict.image_size, predict.central_fraction
         )
-        views = np.stack([t(crop) for t in classify_io.TTA_TRANSFORMS.values()])
+        views = np.stack([t(crop) for t in engine.TTA_TRANSFORMS.values()])
         np.testing.assert_allclose(_probs(row), predict(views).mean(axis=0), atol=2e-6)
 
 

@@ -28,8 +28,10 @@ from absl import flags
 from helpers import REPO
 from PIL import Image
 
-from marco_jax import classify, classify_csv, classify_io, cli, preprocess
+from marco_jax import classify, cli
+from marco_jax.data import preprocess
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.serving import csv_file, engine
 
 PREPROCESSING = preprocess.Preprocessing(16, 0.875)
 
@@ -94,7 +96,7 @@ def test_non_utf8_name_is_scored_and_its_path_read_back_exactly(fake_model, tmp_
     assert _classify(folder, f"--output={out}") == 0
     assert capsys.readouterr().out.splitlines()[-1] == "scored 2, failed 0, skipped 0"
     rows = _rows(out)
-    assert [classify_csv.path_from_cell(r["path"]) for r in rows] == [str(folder / "a.jpg"), latin1]
+    assert [csv_file.path_from_cell(r["path"]) for r in rows] == [str(folder / "a.jpg"), latin1]
     assert rows[1]["path"] == "'" + str(folder) + "/caf%E9.jpg"
     assert rows[0]["p_crystals"] == rows[1]["p_crystals"] != ""
 
@@ -196,14 +198,14 @@ def _classify_checkpoint(*args) -> int:
 def test_disk_error_mid_run_keeps_the_finished_rows(fake_model, tmp_path, monkeypatch, capsys):
     for i in range(5):
         _jpeg(tmp_path / f"{i}.jpg", seed=i)
-    write = classify_csv.CsvSink.write
+    write = csv_file.CsvSink.write
 
     def failing_write(self, cells):
         if self.rows == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
         write(self, cells)
 
-    monkeypatch.setattr(classify_csv.CsvSink, "write", failing_write)
+    monkeypatch.setattr(csv_file.CsvSink, "write", failing_write)
     out = tmp_path / "out" / "s.csv"
     out.parent.mkdir()
     assert _classify(tmp_path, f"--output={out}") == classify.EXIT_OUTPUT_FAILED == 4
@@ -223,7 +225,8 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_where(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO / "tests")!r})
-        from marco_jax import classify, preprocess
+        from marco_jax import classify
+        from marco_jax.data import preprocess
         from test_classify_hardening import _fake_predict
         def slow(images):
             time.sleep(0.2)
@@ -293,13 +296,13 @@ NASTY_NAMES = [
 
 def test_path_cells_round_trip_and_are_never_formulas():
     for name in NASTY_NAMES:
-        cell = classify_csv.path_cell(name)
-        assert classify_csv.path_from_cell(cell) == name, name
+        cell = csv_file.path_cell(name)
+        assert csv_file.path_from_cell(cell) == name, name
         assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
         assert cell.encode("utf-8")  # always encodable
-    assert classify_csv.path_cell("plain.jpg") == "plain.jpg"
-    assert classify_csv.path_cell("=1+1.jpg") == "'=1+1.jpg"
-    assert classify_csv.text_cell("=cmd") == "'=cmd" and classify_csv.text_cell("ok") == "ok"
+    assert csv_file.path_cell("plain.jpg") == "plain.jpg"
+    assert csv_file.path_cell("=1+1.jpg") == "'=1+1.jpg"
+    assert csv_file.text_cell("=cmd") == "'=cmd" and csv_file.text_cell("ok") == "ok"
 
 
 def test_cr_and_formula_names_give_one_row_each_and_read_back(fake_model, tmp_path):
@@ -312,7 +315,7 @@ def test_cr_and_formula_names_give_one_row_each_and_read_back(fake_model, tmp_pa
     assert _classify(folder, f"--output={out}") == 0
     rows = _rows(out)
     assert len(rows) == len(names)  # a CR in a name no longer splits its row
-    paths = [classify_csv.path_from_cell(r["path"]) for r in rows]
+    paths = [csv_file.path_from_cell(r["path"]) for r in rows]
     assert sorted(os.path.basename(p) for p in paths) == sorted(names)
     text = out.read_bytes().decode("utf-8")  # no newline translation: the CR stays a CR
     assert "\n=" not in text and "\n+" not in text and "\n-" not in text and "\n@" not in text
@@ -363,7 +366,7 @@ def test_empty_list_is_exit_3_like_an_empty_folder(fake_model, tmp_path, capsys)
     (tmp_path / "empty").mkdir()
     for target in ("empty.txt", "empty"):
         out = tmp_path / f"{target}.csv"
-        assert _classify(tmp_path / target, f"--output={out}") == classify_io.EXIT_SOME_FAILED
+        assert _classify(tmp_path / target, f"--output={out}") == engine.EXIT_SOME_FAILED
         (row,) = _rows(out)
         assert row["error"] in (
             "is a list file with no paths in it (only blank or # lines)",
@@ -401,7 +404,7 @@ def test_max_megapixels_flag_raises_the_limit(fake_model, tmp_path, capsys):
 def test_memory_budget_bounds_the_images_in_flight(monkeypatch, tmp_path):
     paths = [str(_jpeg(tmp_path / f"{i}.jpg", i)) for i in range(12)]
     in_flight, peak, lock = [0], [0], threading.Lock()
-    load = classify_io.image_io.load_image
+    load = engine.image_io.load_image
 
     def counting_load(*args, **kwargs):
         with lock:
@@ -414,17 +417,17 @@ def test_memory_budget_bounds_the_images_in_flight(monkeypatch, tmp_path):
             with lock:
                 in_flight[0] -= 1
 
-    monkeypatch.setattr(classify_io.image_io, "load_image", counting_load)
-    monkeypatch.setattr(classify_io.image_io, "decode_cost", lambda path: 600)
+    monkeypatch.setattr(engine.image_io, "load_image", counting_load)
+    monkeypatch.setattr(engine.image_io, "decode_cost", lambda path: 600)
     rows = list(
-        classify_io.iter_scores(
+        engine.iter_scores(
             paths, _fake_predict, preprocessing=PREPROCESSING, batch_size=4, num_workers=8,
             memory_budget=1000, progress=False,
         )
     )  # fmt: skip
     assert [r.path for r in rows] == paths and all(r.probs for r in rows)
     assert peak[0] == 1  # 8 workers, but the budget holds one 600-byte image at a time
-    budget = classify_io.MemoryBudget(100)
+    budget = engine.MemoryBudget(100)
     with budget.reserve(10**9):  # larger than the whole budget: runs, alone
         pass
 
@@ -440,7 +443,7 @@ def test_help_exits_0():
 
 def test_rows_stream_in_input_order_as_they_finish(tmp_path):
     paths = [str(_jpeg(tmp_path / f"{i}.jpg", i)) for i in range(5)] + [str(tmp_path / "no.jpg")]
-    scores = classify_io.iter_scores(
+    scores = engine.iter_scores(
         paths, _fake_predict, preprocessing=PREPROCESSING, batch_size=2, progress=False
     )
     first = next(scores)  # available after the first batch, not at the end
@@ -448,7 +451,7 @@ def test_rows_stream_in_input_order_as_they_finish(tmp_path):
     rest = list(scores)
     assert [r.path for r in rest] == paths[1:] and rest[-1].error == "no such file"
     buffer = io.StringIO()
-    classify_io.write_csv([first, *rest], buffer)
+    engine.write_csv([first, *rest], buffer)
     assert len(list(csv.DictReader(io.StringIO(buffer.getvalue())))) == 6
 
 

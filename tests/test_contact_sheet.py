@@ -5,8 +5,8 @@ from __future__ import annotations
 from helpers import SHARED
 from PIL import Image
 
-from marco_jax import contact_sheet
 from marco_jax.labels import NUM_CLASSES
+from tfds_marco.marco import contact_sheet
 
 
 def test_contact_sheet_cli_writes_a_small_png(tmp_path):

@@ -13,8 +13,10 @@ from flax import nnx
 from helpers import REPO
 from sklearn.metrics import roc_auc_score
 
-from marco_jax import augment, checkpoints, cli, evaluate, input_pipeline, preprocess
+from marco_jax import cli, evaluate
+from marco_jax.data import augment, input_pipeline, preprocess
 from marco_jax.labels import CLASS_NAMES, NUM_CLASSES
+from marco_jax.training import checkpoints
 
 
 def _direct_probabilities(workdir, checkpoint: str, split: str):

@@ -16,8 +16,10 @@ from flax import nnx
 from helpers import REPO
 from PIL import Image
 
-from marco_jax import augment, cli, export, models, preprocess
+from marco_jax import cli, export
+from marco_jax.data import augment, preprocess
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.model import inception
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("onnxruntime")
@@ -59,7 +61,7 @@ def _random_model(config, seed: int) -> nnx.Module:
     fan_in)) so that the signal survives the random rescaling and the outputs differ between
     images.
     """
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: models.create_model(config)))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: inception.create_model(config)))
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
@@ -234,7 +236,7 @@ def test_unknown_format_and_class_count_are_refused(tiny_config, tmp_path):
 
 
 def test_export_from_workdir_loads_the_requested_checkpoint(tiny_config, tmp_path, monkeypatch):
-    from marco_jax import checkpoints
+    from marco_jax.training import checkpoints
 
     model = _random_model(tiny_config, seed=0)
     calls = []
@@ -256,7 +258,7 @@ def test_export_from_workdir_loads_the_requested_checkpoint(tiny_config, tmp_pat
 
 
 def test_export_command_exports_the_ema_weights_of_a_trained_run(trained_workdir, tmp_path):
-    from marco_jax import checkpoints
+    from marco_jax.training import checkpoints
 
     command = [sys.executable, "-m", "marco_jax.export", f"--workdir={trained_workdir}"]
     command += ["--format=onnx", f"--out={tmp_path}"]

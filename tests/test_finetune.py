@@ -11,8 +11,10 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from marco_jax import input_pipeline, models, optim, release, train, warm_start
+from marco_jax.data import input_pipeline
 from marco_jax.labels import CRYSTALS
+from marco_jax.model import inception, release
+from marco_jax.training import optim, train, warm_start
 
 tf = pytest.importorskip("tensorflow")
 import release_graph  # noqa: E402  (needs TensorFlow)
@@ -44,7 +46,7 @@ def _finetune_config(release_dir, data_dir, num_classes: int = 4):
 
 def _losses(config, map_labels=lambda labels: labels) -> list[float]:
     """STEPS real training steps (pipeline, augmentation, optimiser) from the warm start."""
-    model = models.create_model(config, rngs=config.seed)
+    model = inception.create_model(config, rngs=config.seed)
     warm_start.load_into(model, config)
     source = input_pipeline.open_tfds_source(config, "train")
     steps_per_epoch = len(source) // config.input.global_batch_size
@@ -72,7 +74,7 @@ def _losses(config, map_labels=lambda labels: labels) -> list[float]:
 
 def test_warm_start_copies_the_release_and_keeps_new_heads_fresh(release_dir, tfds_data_dir):
     config = _finetune_config(release_dir, tfds_data_dir, num_classes=2)
-    model = models.create_model(config, rngs=config.seed)
+    model = inception.create_model(config, rngs=config.seed)
     fresh = warm_start.load_into(model, config)
     values = release.read_variables(release_dir)
     name = "Inception/Mixed_7c/Branch_3/Conv2d_0b_1x1"
@@ -103,12 +105,13 @@ def test_a_two_class_head_trains_from_the_release(release_dir, tfds_data_dir):
 def test_training_from_an_imported_workdir_starts_from_its_weights(
     release_dir, tfds_data_dir, tmp_path
 ):
-    from marco_jax import checkpoints, import_release
+    from marco_jax import import_release
+    from marco_jax.training import checkpoints
 
     imported = tmp_path / "imported"
     import_release.import_release(str(release_dir), str(imported), load_config("default"))
     config = _finetune_config(imported, tfds_data_dir)
-    model = models.create_model(config, rngs=config.seed)
+    model = inception.create_model(config, rngs=config.seed)
     warm_start.load_into(model, config)
     _, reference, _ = checkpoints.load_for_inference(str(imported), "latest")
     np.testing.assert_array_equal(model.Logits.kernel[...], reference.Logits.kernel[...])

@@ -12,7 +12,7 @@ import tifffile
 from image_fixtures import _png_chunk, checkerboard
 from PIL import Image
 
-from marco_jax import image_io
+from marco_jax.data import image_io
 
 
 def _png16(path: Path, samples: np.ndarray, color_type: int, trns: bytes) -> None:

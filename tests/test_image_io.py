@@ -13,8 +13,9 @@ from image_fixtures import BAD_FILES, GOOD_FILES, write_lab_folder
 from image_fixtures import checkerboard as _checkerboard
 from PIL import Image
 
-from marco_jax import classify_io, image_io, preprocess
+from marco_jax.data import image_io, preprocess
 from marco_jax.labels import CLASS_NAMES, CRYSTALS, NUM_CLASSES
+from marco_jax.serving import engine
 
 REAL_DROPS = Path(__file__).resolve().parents[2] / "shared" / "real_drops"
 
@@ -333,7 +334,7 @@ def test_score_files_one_row_per_input_in_order(lab_folder):
     paths = image_io.collect_inputs([str(folder)])
     assert len(paths) == len(GOOD_FILES) + len(BAD_FILES)
     predict, calls = _fake_predict(batch_size=4)
-    rows = classify_io.score_files(
+    rows = engine.score_files(
         paths,
         predict,
         preprocessing=PREPROCESSING,
@@ -353,15 +354,15 @@ def test_score_files_one_row_per_input_in_order(lab_folder):
     for name, (_, words) in BAD_FILES.items():
         row = by_name[name]
         assert row.probs is None and row.prediction == "" and words in row.error, name
-    assert classify_io.exit_code(rows) == classify_io.EXIT_SOME_FAILED
-    assert classify_io.summary_line(rows) == f"scored {len(GOOD_FILES)}, failed {len(BAD_FILES)}"
+    assert engine.exit_code(rows) == engine.EXIT_SOME_FAILED
+    assert engine.summary_line(rows) == f"scored {len(GOOD_FILES)}, failed {len(BAD_FILES)}"
 
 
 def test_csv_has_one_line_per_row_and_names_faults(lab_folder):
     folder, _ = lab_folder
     paths = image_io.collect_inputs([str(folder)])
     predict, _ = _fake_predict(batch_size=8)
-    rows = classify_io.score_files(
+    rows = engine.score_files(
         paths,
         predict,
         preprocessing=PREPROCESSING,
@@ -370,7 +371,7 @@ def test_csv_has_one_line_per_row_and_names_faults(lab_folder):
     )
     threshold = float(np.median([row.probs[CRYSTALS] for row in rows if row.probs]))
     out = io.StringIO()
-    classify_io.write_csv(rows, out, crystal_threshold=threshold)
+    engine.write_csv(rows, out, crystal_threshold=threshold)
     lines = list(csv.DictReader(io.StringIO(out.getvalue())))
     header = out.getvalue().splitlines()[0]
     assert header == ("path,prediction,p_crystals,p_precipitate,p_clear,p_other,crystal_flag,error")
@@ -389,7 +390,7 @@ def test_csv_has_one_line_per_row_and_names_faults(lab_folder):
             assert flags[-1] == int(row.probs[CRYSTALS] >= threshold)
     assert 0 < sum(flags) < len(flags)  # the median splits them: both values occur
     plain = io.StringIO()
-    classify_io.write_csv(rows, plain)
+    engine.write_csv(rows, plain)
     assert plain.getvalue().splitlines()[0] == (
         "path,prediction,p_crystals,p_precipitate,p_clear,p_other,error"
     )
@@ -399,9 +400,9 @@ def test_all_scored_exits_zero_and_progress_goes_to_stderr(lab_folder, capsys):
     folder, _ = lab_folder
     paths = [str(folder / name) for name in GOOD_FILES]
     predict, _ = _fake_predict(batch_size=32)  # larger than the input: one padded batch
-    rows = classify_io.score_files(paths, predict, preprocessing=PREPROCESSING, batch_size=32)
-    assert classify_io.exit_code(rows) == classify_io.EXIT_ALL_SCORED == 0
-    assert classify_io.summary_line(rows) == f"scored {len(GOOD_FILES)}, failed 0"
+    rows = engine.score_files(paths, predict, preprocessing=PREPROCESSING, batch_size=32)
+    assert engine.exit_code(rows) == engine.EXIT_ALL_SCORED == 0
+    assert engine.summary_line(rows) == f"scored {len(GOOD_FILES)}, failed 0"
     captured = capsys.readouterr()
     assert captured.out == "" and f"{len(GOOD_FILES)}/{len(GOOD_FILES)}" in captured.err
 
@@ -415,12 +416,12 @@ def _top_left_quadrant_predict(images: np.ndarray) -> np.ndarray:
 def test_tta_averages_over_the_eight_symmetries(lab_folder):
     folder, _ = lab_folder
     path = str(folder / "rgb.tif")
-    rows = classify_io.score_files(
+    rows = engine.score_files(
         [path],
         _top_left_quadrant_predict,
         preprocessing=PREPROCESSING,
         batch_size=3,  # 8 views: batches of 3, 3 and a padded 2
-        tta=classify_io.ALL_TTA,
+        tta=engine.ALL_TTA,
         progress=False,
     )
     # The 8 symmetries bring each quarter of the crop to the top left twice (once mirrored,
@@ -433,7 +434,7 @@ def test_tta_averages_over_the_eight_symmetries(lab_folder):
         [crop[:half, :half], crop[:half, half:], crop[half:, :half], crop[half:, half:]]
     )
     np.testing.assert_allclose(rows[0].probs, _softmax(_features(quarters)).mean(0), atol=1e-12)
-    untransformed = classify_io.score_files(
+    untransformed = engine.score_files(
         [path],
         _top_left_quadrant_predict,
         preprocessing=PREPROCESSING,
@@ -448,18 +449,18 @@ def test_tta_averages_over_the_eight_symmetries(lab_folder):
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="Unknown test-time transforms"):
-        classify_io.score_files(
+        engine.score_files(
             [], _top_left_quadrant_predict, preprocessing=PREPROCESSING, batch_size=1,
             tta=["rot45"],
         )  # fmt: skip
     with pytest.raises(ValueError, match=r"crystal_threshold must be in \[0, 1\]"):
-        classify_io.write_csv([], io.StringIO(), crystal_threshold=1.5)
+        engine.write_csv([], io.StringIO(), crystal_threshold=1.5)
 
 
 def test_wrong_predictor_output_is_an_error(lab_folder):
     folder, _ = lab_folder
     with pytest.raises(ValueError, match=rf"expected \(2, {NUM_CLASSES}\)"):
-        classify_io.score_files(
+        engine.score_files(
             [str(folder / "rgb.bmp")],
             lambda images: np.ones((len(images), 3)),
             preprocessing=PREPROCESSING,
@@ -478,13 +479,13 @@ def test_real_drop_photographs():
         reference = preprocess.decode_image(Path(path).read_bytes())
         np.testing.assert_array_equal(image_io.load_image(path), reference)
     predict, _ = _fake_predict(batch_size=2)
-    rows = classify_io.score_files(
+    rows = engine.score_files(
         paths,
         predict,
         preprocessing=PREPROCESSING,
         batch_size=2,
         progress=False,
     )
-    assert classify_io.exit_code(rows) == 0
+    assert engine.exit_code(rows) == 0
     for row in rows:
         np.testing.assert_allclose(row.probs, _expected_probs(row.path), atol=1e-12)

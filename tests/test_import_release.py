@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from marco_jax import checkpoints
+from marco_jax.training import checkpoints
 
 tf = pytest.importorskip("tensorflow")
 import release_graph  # noqa: E402  (needs TensorFlow)

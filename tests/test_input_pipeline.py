@@ -1,4 +1,4 @@
-"""marco_jax.input_pipeline on an in-memory source of small JPEGs: shapes, determinism, epochs,
+"""marco_jax.data.input_pipeline on an in-memory source of small JPEGs: shapes, determinism, epochs,
 per-host shards, exact evaluation coverage, mid-epoch iterator restore (with worker processes)."""
 
 import io
@@ -10,8 +10,8 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from marco_jax import input_pipeline, preprocess
 from marco_jax.config_utils import load_config
+from marco_jax.data import input_pipeline, preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_RECORDS = 23  # prime: no batch size or host count divides it

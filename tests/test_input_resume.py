@@ -8,8 +8,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from marco_jax import input_pipeline
 from marco_jax.config_utils import load_config
+from marco_jax.data import input_pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from marco_jax import train
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.training import train
 
 CHANCE = 1.0 / len(CLASS_NAMES)
 

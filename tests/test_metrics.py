@@ -1,4 +1,4 @@
-"""marco_jax.metrics against numbers worked out by hand, and ROC against scikit-learn."""
+"""marco_jax.evaluation.metrics against numbers worked out by hand, and ROC against scikit-learn."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from marco_jax import metrics
+from marco_jax.evaluation import metrics
 
 # Eight examples, four classes. The argmax of each row is noted beside it.
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 3])

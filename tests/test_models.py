@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from helpers import REPO, load_config
 
-from marco_jax import models
+from marco_jax.model import inception
 
 
 def _count(model: nnx.Module, kind: type) -> int:
@@ -25,7 +25,7 @@ def _count(model: nnx.Module, kind: type) -> int:
 def keras_and_ours():
     """Keras's InceptionV3 with random weights and random BN statistics, and ours with a copy."""
     keras = pytest.importorskip("keras")
-    from marco_jax.weights_import import load_keras_inception_v3
+    from keras_weights import load_keras_inception_v3
 
     keras.utils.set_random_seed(0)
     keras_model = keras.applications.InceptionV3(weights=None, classifier_activation=None)
@@ -43,7 +43,7 @@ def keras_and_ours():
     config = load_config("default")
     config.model.name, config.model.num_classes, config.model.image_size = "inception_v3", 1000, 299
     config.model.aux_logits = False  # Keras's InceptionV3 has no auxiliary head
-    ours = models.create_model(config)
+    ours = inception.create_model(config)
     load_keras_inception_v3(ours, keras_model)
     return keras_model, ours
 
@@ -67,7 +67,7 @@ def test_standard_variant_reproduces_keras_logits(keras_and_ours):
 
 def test_marco_variant_maps_599_px_to_4_logits():
     config = load_config("default")
-    model = nnx.eval_shape(lambda: models.create_model(config))
+    model = nnx.eval_shape(lambda: inception.create_model(config))
     graphdef, state = nnx.split(model)
     images = jax.ShapeDtypeStruct((2, 599, 599, 3), jnp.float32)
     out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, train=False), state, images)
@@ -87,7 +87,7 @@ def test_summary_command_prints_the_marco_counts_as_json():
         capture_output=True, text=True, check=True, cwd=REPO,
     )  # fmt: skip
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    model = nnx.eval_shape(lambda: models.create_model(load_config("default")))
+    model = nnx.eval_shape(lambda: inception.create_model(load_config("default")))
     # The release's variables (shared/released_marco/saved_model.pb): weights, BatchNorm betas and
     # the two heads' biases are trainable; moving means and variances are the statistics.
     assert summary["params"] == _count(model, nnx.Param) == 11_451_976
@@ -100,8 +100,8 @@ def test_summary_command_prints_the_marco_counts_as_json():
 
 def test_default_network_takes_every_depth_from_the_release_table():
     config = load_config("default")
-    table = models.load_depth_table(config.model.depth_table)
-    model = nnx.eval_shape(lambda: models.create_model(config))
+    table = inception.load_depth_table(config.model.depth_table)
+    model = nnx.eval_shape(lambda: inception.create_model(config))
     depths = {name: layer.conv.out_features for name, layer in model.iter_conv_layers()}
     assert depths == table  # every layer, AuxLogits included, and nothing else
     assert depths["Mixed_6a/Branch_0/Conv2d_1a_1x1"] == 256
@@ -114,10 +114,10 @@ def test_depth_table_naming_a_missing_layer_is_rejected(tmp_path):
     config = load_config("default")
     config.model.depth_table = str(table)
     with pytest.raises(ValueError, match="Branch_9"):
-        nnx.eval_shape(lambda: models.create_model(config))
+        nnx.eval_shape(lambda: inception.create_model(config))
     config.model.depth_table = "no_such_table"
     with pytest.raises(ValueError, match="marco_release"):
-        nnx.eval_shape(lambda: models.create_model(config))
+        nnx.eval_shape(lambda: inception.create_model(config))
 
 
 def test_marco_variant_caps_every_conv_of_table_3_layers():
@@ -127,9 +127,9 @@ def test_marco_variant_caps_every_conv_of_table_3_layers():
         "Conv2d_4a_3x3": 144, "Mixed_6b": 128, "Mixed_6c": 144, "Mixed_6d": 144,
         "Mixed_6e": 96, "Mixed_7a": 96, "Mixed_7b": 192, "Mixed_7c": 192,
     }  # fmt: skip
-    marco = nnx.eval_shape(lambda: models.create_model(config))
+    marco = nnx.eval_shape(lambda: inception.create_model(config))
     config.model.name = "inception_v3"
-    standard = nnx.eval_shape(lambda: models.create_model(config))
+    standard = nnx.eval_shape(lambda: inception.create_model(config))
     standard_depths = {n: layer.conv.out_features for n, layer in standard.iter_conv_layers()}
     checked = 0
     for name, layer in marco.iter_conv_layers():
@@ -146,19 +146,19 @@ def test_too_small_image_fails_with_the_minimum_size():
     config = load_config("default")
     config.model.image_size = 140
     with pytest.raises(ValueError, match="at least 151 px"):
-        models.create_model(config)
+        inception.create_model(config)
 
 
 def test_unknown_cap_layer_is_rejected():
     config = load_config("default")
     config.model.depth_caps = {"Mixed_9z": 10}
     with pytest.raises(ValueError, match="Mixed_9z"):
-        nnx.eval_shape(lambda: models.create_model(config))
+        nnx.eval_shape(lambda: inception.create_model(config))
 
 
 def test_aux_head_adds_logits_in_training_only(tiny_config):
     tiny_config.model.aux_logits = True
-    model = models.create_model(tiny_config)
+    model = inception.create_model(tiny_config)
     images = jnp.zeros((2, 151, 151, 3))
     logits, aux = model(images, train=True)
     assert logits.shape == aux.shape == (2, 4)
@@ -166,7 +166,7 @@ def test_aux_head_adds_logits_in_training_only(tiny_config):
 
 
 def test_tiny_variant_trains_one_step_on_cpu(tiny_config):
-    model = models.create_model(tiny_config)
+    model = inception.create_model(tiny_config)
     assert hasattr(model, "Mixed_7c") and hasattr(model, "Conv2d_0a_3x3")
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
     images = jax.random.uniform(jax.random.key(0), (4, 151, 151, 3), minval=-1, maxval=1)

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from marco_jax import optim
 from marco_jax.config_utils import load_config
+from marco_jax.training import optim
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHAPES = {"conv": (3, 3, 2, 4), "bias": (4,), "dense": (6, 5)}

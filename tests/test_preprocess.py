@@ -1,4 +1,4 @@
-"""marco_jax.preprocess against its specification (paper section 3, "Data Preprocessing and
+"""marco_jax.data.preprocess against its specification (paper section 3, "Data Preprocessing and
 Augmentation"): exact eval crops, patches at the eval scale, flip rates, rot90 off by default."""
 
 import io
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marco_jax import preprocess
 from marco_jax.config_utils import load_config
+from marco_jax.data import preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # A binomial count stays within this many standard deviations of its mean except with

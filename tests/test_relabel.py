@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marco_jax import checkpoints, cli, input_pipeline, preprocess, relabel
+from marco_jax import cli, relabel
+from marco_jax.data import input_pipeline, preprocess
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.training import checkpoints
 from tfds_marco.marco import build
 from tfds_marco.marco.marco_dataset_builder import Builder
 

@@ -20,8 +20,9 @@ from absl import flags
 from flax import nnx
 from helpers import REPO, load_config
 
-from marco_jax import classify, export, models, release
+from marco_jax import classify, export
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.model import inception, release
 
 tf = pytest.importorskip("tensorflow")
 import release_graph  # noqa: E402  (needs TensorFlow)
@@ -75,7 +76,7 @@ def _classify(tmp_path, *args) -> np.ndarray:
 
 def test_every_variable_of_the_graph_has_a_counterpart_of_equal_shape():
     graph = release_graph.variable_shapes()
-    model = nnx.eval_shape(lambda: models.create_model(load_config("default")))
+    model = nnx.eval_shape(lambda: inception.create_model(load_config("default")))
     ours = {name: tuple(variable.shape) for name, variable, _ in release.variable_slots(model)}
     assert ours == {name: shape for name, shape in graph.items() if name != "global_step"}
     assert len(graph) == 393
@@ -148,7 +149,8 @@ def test_evaluation_scores_dataset_records_as_the_release(
     release_dir, imported, gsk_data_dir, tmp_path
 ):
     """The evaluation pipeline (TFDS records, grain, the JAX model) on the release's inputs."""
-    from marco_jax import evaluate, input_pipeline
+    from marco_jax import evaluate
+    from marco_jax.data import input_pipeline
 
     loaded = evaluate.load(str(imported), "latest", data_dir=str(gsk_data_dir))
     loaded.config.input.eval_batch_size = 4

@@ -1,4 +1,4 @@
-"""marco_jax.report: the files it writes are complete, valid and self-contained."""
+"""marco_jax.evaluation.report: the files it writes are complete, valid and self-contained."""
 
 import base64
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marco_jax import metrics, report
+from marco_jax.evaluation import metrics, report
 
 
 def _random_eval(seed: int, n: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

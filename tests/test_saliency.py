@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from marco_jax import saliency
+from marco_jax.serving import saliency
 
 SIZE = 16
 HALF = SIZE // 2

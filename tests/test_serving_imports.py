@@ -10,7 +10,12 @@ import marco_jax.classify
 print(json.dumps(sorted(sys.modules)))
 """
 
-TRAINING = ("marco_jax.train", "marco_jax.main", "marco_jax.optim", "marco_jax.workdir_lock")
+TRAINING = (
+    "marco_jax.training.train",
+    "marco_jax.main",
+    "marco_jax.training.optim",
+    "marco_jax.runs.lock",
+)
 
 
 def test_classify_imports_neither_training_nor_clu_nor_tensorflow():

@@ -9,8 +9,8 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from marco_jax import synthetic
 from marco_jax.labels import CLASS_NAMES, NUM_CLASSES
+from tfds_marco.marco import synthetic
 
 
 def test_same_seed_gives_identical_bytes_and_other_seeds_do_not():

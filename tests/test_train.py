@@ -21,7 +21,8 @@ import optax
 import pytest
 from helpers import REPO, ci_config
 
-from marco_jax import checkpoints, parallel, train
+from marco_jax import parallel
+from marco_jax.training import checkpoints, train
 
 
 def _final_state(workdir: pathlib.Path) -> tuple[int, dict]:

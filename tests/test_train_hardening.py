@@ -23,20 +23,15 @@ import numpy as np
 import pytest
 from helpers import REPO, ci_config, load_config
 
-from marco_jax import (
-    checkpoints,
-    config_checks,
-    models,
-    optim,
-    parallel,
-    train,
-    workdir_lock,
-)
+from marco_jax import parallel
+from marco_jax.model import inception
+from marco_jax.runs import lock
+from marco_jax.training import checkpoints, config_checks, optim, train
 
 
 def _abstract_state(config):
     """The replicated TrainState a run of `config` restores into."""
-    model = models.create_model(config, rngs=config.seed)
+    model = inception.create_model(config, rngs=config.seed)
     tx = optim.create_optimizer(config, steps_per_epoch=1)
     _, state = train.create_train_state(model, tx, config.seed)
     return jax.device_put(state, parallel.replicated(parallel.create_mesh()))
@@ -227,7 +222,7 @@ def test_full_disk_save_is_one_error_and_removes_its_tmp_dir(
 
 
 def test_second_process_on_a_workdir_is_refused_naming_the_holder(tmp_path):
-    with workdir_lock.WorkdirLock(str(tmp_path)):
+    with lock.WorkdirLock(str(tmp_path)):
         result = subprocess.run(
             [
                 sys.executable,
@@ -242,26 +237,26 @@ def test_second_process_on_a_workdir_is_refused_naming_the_holder(tmp_path):
         )
         assert result.returncode == 2
         assert f"in use by pid {os.getpid()} on host" in result.stdout
-    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+    assert not (tmp_path / lock.LOCK_FILE).exists()
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / workdir_lock.LOCK_FILE).write_text(
+    (tmp_path / lock.LOCK_FILE).write_text(
         json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0})
     )
-    with workdir_lock.WorkdirLock(str(tmp_path)) as lock:
-        holder = json.loads(pathlib.Path(lock.path).read_text())
+    with lock.WorkdirLock(str(tmp_path)) as held:
+        holder = json.loads(pathlib.Path(held.path).read_text())
         assert holder["pid"] == os.getpid()
 
 
 def test_training_on_a_locked_workdir_is_refused_before_any_work(workdir, tfds_data_dir):
-    (workdir / workdir_lock.LOCK_FILE).write_text(
+    (workdir / lock.LOCK_FILE).write_text(
         json.dumps({"pid": 1, "host": os.uname().nodename, "started": 0})
     )
     before = (workdir / "config.json").read_text()
-    with pytest.raises(workdir_lock.WorkdirLockedError, match="in use by pid 1 on host"):
+    with pytest.raises(lock.WorkdirLockedError, match="in use by pid 1 on host"):
         train.train_and_evaluate(ci_config(tfds_data_dir), str(workdir))
     assert (workdir / "config.json").read_text() == before
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from etils import epath
 from PIL import Image
 
-from marco_jax import image_io
+from marco_jax.data import image_io
 from marco_jax.labels import CLASS_NAMES
 
 TRAIN, TEST = "train", "test"

@@ -16,9 +16,8 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from marco_jax import synthetic
 from marco_jax.labels import CLASS_NAMES
-from tfds_marco.marco import build_inputs
+from tfds_marco.marco import build_inputs, synthetic
 from tfds_marco.marco import manual_sources as ms
 from tfds_marco.marco.manual_reader import (  # noqa: F401  (LABEL_MAP_PATH: re-exported)
     LABEL_MAP_PATH,
@@ -37,7 +36,7 @@ class MarcoConfig(tfds.core.BuilderConfig):
     """What to build. Make your own: `MarcoConfig(name="synthetic_big", kind="synthetic", ...)`.
 
     Attributes:
-      kind: "manual" (read `manual_dir`) or "synthetic" (render with marco_jax.synthetic).
+      kind: "manual" (read `manual_dir`) or "synthetic" (render with tfds_marco.marco.synthetic).
       layout: manual only: "auto", "tfrecord", "csv" or "folders" (README.md, "Layouts").
       test_fraction: manual only: share of images hashed into `test` when the layout names no
         split. The paper held out 50,284 of 493,214 images (10.2 %, section 2 and Table 2).

@@ -2,9 +2,9 @@
 
     python tfds_marco/marco/dummy_data/make_dummy_data.py
 
-Each layout holds tiny 32 px drops rendered by marco_jax.synthetic plus the bad inputs the builder
-must skip and report (a truncated JPEG, an empty file, a text file, a record with a broken image,
-a shard cut in the middle of a record). The expected counts in marco_dataset_builder_test.py
+Each layout holds tiny 32 px drops rendered by tfds_marco.marco.synthetic plus the bad inputs the
+builder must skip and report (a truncated JPEG, an empty file, a text file, a record with a broken
+image, a shard cut in the middle of a record). The expected counts in marco_dataset_builder_test.py
 follow from what is written here; keep the two in step.
 """
 
@@ -19,8 +19,8 @@ import tensorflow as tf
 from PIL import Image
 
 from marco_jax.labels import CLASS_NAMES
-from marco_jax.synthetic import render_drop
 from tfds_marco.marco.manual_sources import TEST, hash_split
+from tfds_marco.marco.synthetic import render_drop
 
 HERE = pathlib.Path(__file__).resolve().parent
 SIZE = 32

@@ -48,7 +48,8 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from marco_jax import models, preprocess
+from marco_jax.data import preprocess
+from marco_jax.model import inception
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -456,7 +457,7 @@ def restore_latest(
         )
     if failures:
         if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("marco_jax.checkpoints.set_aside")
+            multihost_utils.sync_global_devices("marco_jax.training.checkpoints.set_aside")
         manager.reload()
     return state, progress
 
@@ -504,7 +505,7 @@ def resolve_step(manager: ocp.CheckpointManager, checkpoint: str | int) -> int:
 
 def load_for_inference(
     workdir: str, checkpoint: str | int = "best", use_ema: bool = True
-) -> tuple[ml_collections.ConfigDict, models.InceptionV3, int]:
+) -> tuple[ml_collections.ConfigDict, inception.InceptionV3, int]:
     """Rebuilds the trained network from a workdir, with the EMA weights unless told otherwise.
 
     Returns (config, model, step). The paper evaluates "a running average of the training model"
@@ -526,7 +527,7 @@ def load_for_inference(
             f"checkpoint {step} in {workdir} is corrupt ({e}); choose another with "
             "--checkpoint, or restore the workdir from a backup."
         ) from None
-    model = nnx.eval_shape(lambda: models.create_model(config))
+    model = nnx.eval_shape(lambda: inception.create_model(config))
     params = restored["ema_params" if use_ema else "params"]
     batch_stats = restored["ema_batch_stats" if use_ema else "batch_stats"]
     graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)

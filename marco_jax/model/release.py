@@ -3,7 +3,7 @@
 The authors released their trained model as a TF1 SavedModel (`savedmodel.zip`, the paper's
 ref. 47; its graph is in shared/released_marco). Its variables live under TF-slim scopes
 (`Inception/Mixed_6a/Branch_0/Conv2d_1a_1x1/weights`, `.../BatchNorm/beta`, `moving_mean`,
-`moving_variance`), which are our layers' scopes (`models.InceptionV3.iter_conv_layers`), so the
+`moving_variance`), which are our layers' scopes (`inception.InceptionV3.iter_conv_layers`), so the
 mapping is by name and every shape is checked. The values are read from the checkpoint files
 alone (`tf.train.load_checkpoint`): no graph is executed. TensorFlow is imported only here, when
 a release is read.
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from marco_jax import models
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.model import inception
 
 SCOPE = "Inception"
 # graph: the `index_to_string` table of the serving signature, the logits' order
@@ -47,7 +47,7 @@ def release_name(scope: str, leaf: str) -> str:
     return f"{SCOPE}/{scope}/{leaf}"
 
 
-def variable_slots(model: models.InceptionV3) -> Iterator[tuple[str, nnx.Variable, bool]]:
+def variable_slots(model: inception.InceptionV3) -> Iterator[tuple[str, nnx.Variable, bool]]:
     """(release variable name, our variable, is a class head output) for every weight."""
     for scope, layer in model.iter_conv_layers():
         yield release_name(scope, "weights"), layer.conv.kernel, False
@@ -89,7 +89,7 @@ def read_variables(directory: str | pathlib.Path) -> dict[str, np.ndarray]:
     return {name: np.asarray(reader.get_tensor(name)) for name in names}
 
 
-def load_into(model: models.InceptionV3, values: Mapping[str, np.ndarray]) -> None:
+def load_into(model: inception.InceptionV3, values: Mapping[str, np.ndarray]) -> None:
     """Copies the release's values into `model` in place, checking names and shapes both ways.
 
     Raises:

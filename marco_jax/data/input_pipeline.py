@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from marco_jax import preprocess
+from marco_jax.data import preprocess
 
 
 def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:

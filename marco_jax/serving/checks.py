@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from marco_jax import classify_csv, cli
+from marco_jax import cli
+from marco_jax.serving import csv_file
 
 # The first bytes of the formats classify reads (a file starting so is a picture, not a CSV).
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"BM")
@@ -32,13 +33,13 @@ def check_output_is_not_an_input(
     for path in (*arguments, *inputs):
         if os.path.realpath(path) == target or _same_file(path, output):
             raise cli.ArgumentError(
-                f"--output {classify_csv.display(output)} is the input "
-                f"{classify_csv.display(path)}: the CSV would overwrite it. Choose another "
+                f"--output {csv_file.display(output)} is the input "
+                f"{csv_file.display(path)}: the CSV would overwrite it. Choose another "
                 "output file (e.g. scores.csv)."
             )
     if os.path.isfile(output) and _starts_like_an_image(output):
         raise cli.ArgumentError(
-            f"--output {classify_csv.display(output)} exists and is an image, not a CSV: "
+            f"--output {csv_file.display(output)} exists and is an image, not a CSV: "
             "the CSV would overwrite it. Choose another output file (e.g. scores.csv)."
         )
 
@@ -70,7 +71,7 @@ def probe_folder(folder: str, flag: str) -> None:
             pass
     except OSError as e:
         raise cli.ArgumentError(
-            f"{flag} {classify_csv.display(folder)} cannot be written: {e.strerror or e} "
+            f"{flag} {csv_file.display(folder)} cannot be written: {e.strerror or e} "
             "(checked before scoring; choose a writable folder)."
         ) from e
 

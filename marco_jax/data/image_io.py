@@ -33,8 +33,8 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from marco_jax import tiff
-from marco_jax.image_inputs import (  # noqa: F401  (re-exported: the reading API in one place)
+from marco_jax.data import tiff
+from marco_jax.data.image_inputs import (  # noqa: F401  (re-exported: the reading API in one place)
     IMAGE_EXTENSIONS,
     LIST_EXTENSIONS,
     InputListError,
@@ -44,7 +44,7 @@ from marco_jax.image_inputs import (  # noqa: F401  (re-exported: the reading AP
     scan_folder,
     scan_inputs,
 )
-from marco_jax.jpeg import JpegDecodeError, decode_jpeg  # noqa: F401  (re-exported)
+from marco_jax.data.jpeg import JpegDecodeError, decode_jpeg  # noqa: F401  (re-exported)
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
 # Pillow's own default guard (Image.MAX_IMAGE_PIXELS, about a 1 GiB 24-bit image); drop

@@ -14,7 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from marco_jax.models import InceptionV3
+from marco_jax.model.inception import InceptionV3
 
 
 def _creation_index(layer: Any) -> int:

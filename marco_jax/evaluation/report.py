@@ -1,9 +1,10 @@
 """Writes the section-4 evaluation as report.json, PNG plots and one self-contained report.html.
 
-The report is a pure function of `marco_jax.metrics.compute_all`'s dict, so a saved report.json can
-be re-rendered without the model. The HTML embeds its images as data URIs and references nothing
-outside itself, so it can be mailed or attached to a lab notebook as one file. Every number is
-shown beside the paper's (Tables 4, 5, 6 and Fig 3) so a user sees at once how a run compares.
+The report is a pure function of `marco_jax.evaluation.metrics.compute_all`'s dict, so a saved
+report.json can be re-rendered without the model. The HTML embeds its images as data URIs and
+references nothing outside itself, so it can be mailed or attached to a lab notebook as one file.
+Every number is shown beside the paper's (Tables 4, 5, 6 and Fig 3) so a user sees at once how a run
+compares.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ drop rather than at the mean colour (tests/test_synthetic.py checks that).
 Everything is float32 numpy or PIL, one function per phenomenon; scalars are Python floats so
 that nothing silently promotes a whole image to float64 (that halves the speed).
 
-Compare with the real photographs: `python -m marco_jax.contact_sheet --contact-sheet out.png`.
+Compare with the real photographs:
+`python -m tfds_marco.marco.contact_sheet --contact-sheet out.png`.
 """
 
 from __future__ import annotations

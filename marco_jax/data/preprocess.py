@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from marco_jax import image_io, jpeg
+from marco_jax.data import image_io, jpeg
 
 RESIZE_METHODS = ("tf1_bilinear", "pil_antialias")
 JPEG_DCT_METHODS = ("fast", "accurate")
@@ -330,4 +330,3 @@ class Preprocessing:
         if self.resize_method == "tf1_bilinear":
             return tf1_center_crop_and_resize(image, self.image_size, self.central_fraction)
         return center_crop_and_resize(image, self.image_size, self.central_fraction)
-

@@ -21,13 +21,15 @@ from typing import Any
 
 import ml_collections
 
-from marco_jax import labels, models, preprocess
+from marco_jax import labels
+from marco_jax.data import preprocess
+from marco_jax.model import inception
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-# The modules that use these fields own their lists; the fallbacks serve older modules.
-MODEL_NAMES = tuple(getattr(models, "MODEL_NAMES", ("marco_inception_v3", "inception_v3")))
-RESIZE_METHODS = tuple(getattr(preprocess, "RESIZE_METHODS", ("tf1_bilinear", "pil_antialias")))
-JPEG_DCT_METHODS = tuple(getattr(preprocess, "JPEG_DCT_METHODS", ("fast", "accurate")))
+# The modules that use these fields own their lists.
+MODEL_NAMES = inception.MODEL_NAMES
+RESIZE_METHODS = preprocess.RESIZE_METHODS
+JPEG_DCT_METHODS = preprocess.JPEG_DCT_METHODS
 LR_SCALINGS = ("linear", "none")
 DATASET_CONFIG_NAMES = ("full", "synthetic", "synthetic_tiny")  # tfds_marco BUILDER_CONFIGS
 

@@ -29,8 +29,9 @@ from typing import Any, TextIO
 import numpy as np
 import tqdm
 
-from marco_jax import classify_csv, image_io, preprocess
+from marco_jax.data import image_io, preprocess
 from marco_jax.labels import CLASS_NAMES, CRYSTALS, NUM_CLASSES
+from marco_jax.serving import csv_file
 
 EXIT_ALL_SCORED = 0
 EXIT_SOME_FAILED = 3
@@ -249,11 +250,11 @@ def row_cells(row: Row, crystal_threshold: float | None = None) -> list[str]:
     if crystal_threshold is not None:
         flag = [""] if row.probs is None else [str(int(row.probs[CRYSTALS] >= crystal_threshold))]
     return [
-        classify_csv.path_cell(row.path),
+        csv_file.path_cell(row.path),
         row.prediction,
         *scores,
         *flag,
-        classify_csv.text_cell(row.error),
+        csv_file.text_cell(row.error),
     ]
 
 
@@ -261,9 +262,9 @@ def write_csv(rows: Iterable[Row], stream: TextIO, crystal_threshold: float | No
     """Writes the header and one line per row (`row_cells`); `stream` must be UTF-8."""
     if crystal_threshold is not None and not 0.0 <= crystal_threshold <= 1.0:
         raise ValueError(f"crystal_threshold must be in [0, 1], got {crystal_threshold}.")
-    stream.write(classify_csv.csv_line(csv_header(crystal_threshold)))
+    stream.write(csv_file.csv_line(csv_header(crystal_threshold)))
     for row in rows:
-        stream.write(classify_csv.csv_line(row_cells(row, crystal_threshold)))
+        stream.write(csv_file.csv_line(row_cells(row, crystal_threshold)))
 
 
 def exit_code(rows: Sequence[Row]) -> int:

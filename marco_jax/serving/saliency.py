@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from marco_jax import augment
+from marco_jax.data import augment
 
 DEFAULT_NUM_SAMPLES = 25
 DEFAULT_NOISE_FRACTION = 0.15

@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 from flax import nnx, traverse_util
 
-from marco_jax import checkpoints, models, release
+from marco_jax.model import inception, release
+from marco_jax.training import checkpoints
 
 HEADS = ("Logits", "AuxLogits")
 RELEASE_IMAGE_SIZE = 599
@@ -35,7 +36,7 @@ def _source_weights(source: str, config: ml_collections.ConfigDict) -> dict[str,
         # The release's input size (graph: ResizeBilinear to 599x599), which sets its AuxLogits
         # kernel to 5x5; our network at another size then leaves that kernel fresh.
         donor_config.model.image_size = RELEASE_IMAGE_SIZE
-        donor = models.create_model(donor_config)
+        donor = inception.create_model(donor_config)
         release.load_into(donor, release.read_variables(path))
         _, params, batch_stats = nnx.split(donor, nnx.Param, nnx.BatchStat)
         return {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}
@@ -71,7 +72,7 @@ def _merge(target: dict, donor: dict, kind: str, fresh: list[str]) -> dict:
     return traverse_util.unflatten_dict(merged, sep="/")
 
 
-def load_into(model: models.InceptionV3, config: ml_collections.ConfigDict) -> list[str]:
+def load_into(model: inception.InceptionV3, config: ml_collections.ConfigDict) -> list[str]:
     """Copies config.init_from's weights into `model` in place; returns the names left fresh."""
     donor = _source_weights(config.init_from, config)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)

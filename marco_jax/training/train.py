@@ -22,18 +22,12 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
 from flax import nnx, struct
 
-from marco_jax import (
-    augment,
-    checkpoints,
-    config_checks,
-    evaluation,
-    input_pipeline,
-    models,
-    optim,
-    parallel,
-    warm_start,
-    workdir_lock,
-)
+from marco_jax import parallel
+from marco_jax.data import augment, input_pipeline
+from marco_jax.evaluation import evaluator
+from marco_jax.model import inception
+from marco_jax.runs import lock
+from marco_jax.training import checkpoints, config_checks, optim, warm_start
 
 # How a run ended (`train_and_evaluate(...)["status"]`); main maps them to exit codes.
 FINISHED = "finished"  # the step budget is reached
@@ -62,9 +56,9 @@ class TrainState:
 
 
 def create_train_state(
-    model: models.InceptionV3, tx: optax.GradientTransformation, seed: int
+    model: inception.InceptionV3, tx: optax.GradientTransformation, seed: int
 ) -> tuple[nnx.GraphDef, TrainState]:
-    graphdef, params, batch_stats = models.split_model(model)
+    graphdef, params, batch_stats = inception.split_model(model)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -260,7 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns the last evaluation's metrics and "status": FINISHED, EARLY_STOPPED or PREEMPTED.
     A finished or early-stopped run stays so when relaunched (no step is trained). Raises
     config_checks.ConfigError (invalid values, a refused change against the workdir's
-    config.json), workdir_lock.WorkdirLockedError, checkpoints.CheckpointError or
+    config.json), lock.WorkdirLockedError, checkpoints.CheckpointError or
     NonFiniteLossError, each with a one-line message.
     """
     config_checks.validate(config)
@@ -268,8 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_divisible(config.input.eval_batch_size, "eval_batch_size")
     is_chief = jax.process_index() == 0
     # Only process 0 writes into the workdir; an object store (gs://) has no exclusive create.
-    lock = workdir_lock.WorkdirLock(workdir, enabled=is_chief and "://" not in workdir)
-    with lock:
+    with lock.WorkdirLock(workdir, enabled=is_chief and "://" not in workdir):
         return _train_and_evaluate(config, workdir, is_chief)
 
 
@@ -277,7 +270,7 @@ def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, is_chief: bool
 ) -> dict[str, Any]:
     changes = _stored_changes(config, workdir)
-    model = models.create_model(config, rngs=config.seed)
+    model = inception.create_model(config, rngs=config.seed)
     if config.get("init_from"):  # fine-tuning; a resumed run's checkpoint overrides it below
         fresh = warm_start.load_into(model, config)
         logging.info("Initialised from %s; fresh: %s.", config.init_from, fresh or "nothing")
@@ -324,7 +317,7 @@ def _train_and_evaluate(
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-    evaluator = evaluation.Evaluator(config, graphdef, eval_source, mesh)
+    eval_split = evaluator.Evaluator(config, graphdef, eval_source, mesh)
     preemption = parallel.PreemptionWatcher()
     status = EARLY_STOPPED if _early_stopped(config, progress) else FINISHED
     eval_metrics: dict[str, Any] = {}
@@ -371,7 +364,7 @@ def _train_and_evaluate(
                 writer.write_scalars(step, summary)
                 history, last_log = [], (step, time.perf_counter())
             if is_eval:
-                eval_metrics = evaluator.run(state, step, workdir, writer)
+                eval_metrics = eval_split.run(state, step, workdir, writer)
                 progress = _update_progress(progress, step, eval_metrics["accuracy"])
             preempted = preemption.should_stop(step)
             early = _early_stopped(config, progress)
@@ -388,7 +381,7 @@ def _train_and_evaluate(
             saver.save(step, state, progress)  # a finished run is saved as finished
         saver.finish()
         if not eval_metrics:  # the run had already finished or stopped: report where it stands
-            eval_metrics = evaluator.run(state, step, workdir, writer)
+            eval_metrics = eval_split.run(state, step, workdir, writer)
     finally:
         preemption.close()
         if train_iter is not None and hasattr(train_iter, "close"):

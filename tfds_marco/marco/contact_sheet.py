@@ -1,6 +1,6 @@
 """A picture of synthetic drops beside real photographs, to judge the renderer by eye.
 
-Written by `python -m marco_jax.contact_sheet --contact-sheet docs/synthetic_vs_real.png`.
+Written by `python -m tfds_marco.marco.contact_sheet --contact-sheet docs/synthetic_vs_real.png`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from marco_jax.labels import CLASS_NAMES
-from marco_jax.synthetic import render_drop
+from tfds_marco.marco.synthetic import render_drop
 
 
 def _square_tile(img: Image.Image, tile: int) -> Image.Image:

@@ -19,7 +19,9 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from marco_jax import augment, input_pipeline, metrics, parallel
+from marco_jax import parallel
+from marco_jax.data import augment, input_pipeline
+from marco_jax.evaluation import metrics
 
 EVAL_DIR = "eval"
 

@@ -1,0 +1,1 @@
+"""A run's directory as every stage reads it: config.json, its checkpoints and the lock."""
