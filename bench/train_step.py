@@ -10,7 +10,6 @@ the model FLOPs utilisation against the device's peak dense bf16 rate.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ from ml_collections import config_flags
 
 from marco_jax import parallel
 from marco_jax.model import inception
-from marco_jax.training import optim, train
+from marco_jax.training import step as train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Model/optimizer config.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
@@ -52,10 +51,10 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     config.input.global_batch_size = _BATCH.value
     parallel.check_divisible(_BATCH.value, "global_batch_size")
-    model = inception.create_model(config)
-    tx = optim.create_optimizer(config, steps_per_epoch=1000)
-    graphdef, state = train.create_train_state(model, tx, seed=0)
+    config.seed = 0
     mesh = parallel.create_mesh()
+    model = inception.create_model(config)
+    _, state, step_fn = train_step.create(config, model, steps_per_epoch=1000, mesh=mesh)
     state = jax.device_put(state, parallel.replicated(mesh))
     size = config.model.image_size
     rng = np.random.default_rng(0)
@@ -65,16 +64,6 @@ def main(argv: list[str]) -> None:
             "label": rng.integers(0, config.model.num_classes, _BATCH.value).astype(np.int32),
         },
         parallel.batch_sharded(mesh),
-    )
-    step_fn = jax.jit(
-        functools.partial(
-            train.train_step,
-            graphdef=graphdef,
-            tx=tx,
-            learning_rate=optim.learning_rate_schedule(config, 1000),
-            config=config,
-        ),
-        donate_argnums=0,
     )
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()

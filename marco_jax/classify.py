@@ -16,18 +16,18 @@ Models: --workdir runs the JAX network of a training workdir (at --checkpoint; E
 `marco_jax.export` (SavedModel directory, .tflite or .onnx), the fast path on CPUs, which carries
 its own image size and crop fraction.
 
-Output (`classify_io`): path, prediction, p_<class> for each class, crystal_flag (with
+Output (`serving.engine`): path, prediction, p_<class> for each class, crystal_flag (with
 --crystal_threshold: 1 when p_crystals >= X), error (why an unreadable file got no scores; the
 run goes on). --tta averages the probabilities over the 8 flips/rotations of the square, which a
 drop photograph has no preferred one of (paper section 3). --saliency DIR also writes a SmoothGrad
-heat map over a grayscale copy of each scored image's model input (`marco_jax.saliency`, paper
+heat map over a grayscale copy of each scored image's model input (`serving.saliency`, paper
 Fig 4) for its predicted class, as DIR/<path relative to the inputs' common folder>.png
 (e.g. DIR/plate7/A1.jpg.png). It needs the JAX network (--workdir) and is slow: each of the
 --saliency_samples samples is a forward and a backward pass, about 6 forward passes' time on a
 CPU (MARCO at 599 px, 2 cores: 0.16 s per image to score, 0.9 s per sample), so keep it for the
 images you want to look at.
 
-The CSV (`classify_csv`) is UTF-8 and safe to open in a spreadsheet: fields with a comma, quote,
+The CSV (`serving.csv_file`) is UTF-8 and safe to open in a spreadsheet: fields with a comma, quote,
 CR or LF are quoted (RFC 4180), and a cell that a spreadsheet would run as a formula (starting
 with = + - @, a tab or CR) starts with an apostrophe. It stays exact for a program: the path
 cell is the path itself unless it starts with "'"; then drop the "'" and percent-decode the rest
@@ -56,139 +56,25 @@ The last line printed is "scored N, failed M, skipped K (...)".
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 
-import jax
-import numpy as np
-import tqdm
 from absl import flags, logging
-from flax import nnx
 from PIL import Image
 
-from marco_jax import cli, evaluate
-from marco_jax.data import augment, image_io, preprocess
-from marco_jax.labels import CLASS_NAMES
-from marco_jax.model import inception
-from marco_jax.serving import checks, csv_file, engine, saliency
+from marco_jax import cli
+from marco_jax.data import image_io
+from marco_jax.serving import checks, csv_file, engine, predictors, saliency
 
 EXIT_OUTPUT_FAILED = 4  # the CSV (or a heat map) could not be written; finished rows are kept
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); finished rows are kept
 
 
-@dataclasses.dataclass(frozen=True)
-class Predictor:
-    """What scoring needs from a model: the batch function and its input geometry."""
-
-    predict: engine.PredictFn
-    preprocessing: preprocess.Preprocessing
-
-
-def jax_predict_fn(model: nnx.Module) -> engine.PredictFn:
-    """uint8 [N, S, S, 3] -> probabilities [N, classes] with the NNX `model`, jitted (one
-    compilation per batch shape; classify_io always sends the same one)."""
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def probabilities(state: nnx.State, images: jax.Array) -> jax.Array:
-        logits = nnx.merge(graphdef, state)(augment.to_model_input(images), train=False)
-        return jax.nn.softmax(logits)
-
-    return lambda images: np.asarray(probabilities(state, images))
-
-
-def checkpoint_predictor(loaded: evaluate.Loaded) -> Predictor:
-    return Predictor(
-        jax_predict_fn(loaded.model), preprocess.Preprocessing.from_config(loaded.config)
-    )
-
-
-def exported_predictor(path: str) -> Predictor:
-    """An export of `marco_jax.export`; its recorded geometry and class order are used.
-
-    Raises:
-      cli.ArgumentError: not an export, or one whose classes differ from CLASS_NAMES.
-    """
-    from marco_jax import export
-
-    try:
-        exported = export.load_exported(path)
-    except (OSError, ValueError) as e:
-        raise cli.ArgumentError(str(e)) from e
-    if tuple(exported.class_names) != CLASS_NAMES:
-        raise cli.ArgumentError(
-            f"{path} predicts classes {exported.class_names}, not {CLASS_NAMES}; export the "
-            "model again with this version of marco_jax."
-        )
-    return Predictor(exported, exported.preprocessing)
-
-
-def saliency_path(out_dir: str, path: str, root: str) -> str:
-    """Where the heat map of input `path` goes: its path relative to `root` (the inputs' common
-    folder), with ".png" appended, so that inputs of the same name in different folders, or
-    A1.jpg beside A1.tif, never overwrite each other."""
-    relative = os.path.relpath(os.path.abspath(path), root)
-    return os.path.join(out_dir, relative + ".png")
-
-
-def common_root(paths: Sequence[str]) -> str:
-    """The deepest folder holding every path (a lone file's own folder)."""
-    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-
-
-def write_saliency_maps(
-    rows: Sequence[engine.Row],
-    model: nnx.Module,
-    out_dir: str,
-    *,
-    preprocessing: preprocess.Preprocessing,
-    num_samples: int = saliency.DEFAULT_NUM_SAMPLES,
-    noise_fraction: float = saliency.DEFAULT_NOISE_FRACTION,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[str]:
-    """A SmoothGrad overlay PNG of the predicted class for every scored row; returns the paths.
-
-    The image is read again (same reader and crop as scoring), so nothing is held for the whole
-    plate while it is scored.
-    """
-    scored = [row for row in rows if row.probs is not None]
-    if not scored:
-        return []
-    root = common_root([row.path for row in scored])
-    written = []
-    for row in tqdm.tqdm(scored, unit="map", file=sys.stderr, disable=not progress):
-        image = preprocessing.eval_transform(
-            image_io.load_image(row.path, fast_dct=preprocessing.jpeg_dct == "fast")
-        )
-        heat = saliency.smoothgrad(
-            model,
-            image,
-            CLASS_NAMES.index(row.prediction),
-            num_samples=num_samples,
-            noise_fraction=noise_fraction,
-            seed=seed,
-        )
-        written.append(saliency_path(out_dir, row.path, root))
-        if image.dtype != np.uint8:  # the release's preprocessing gives float in [0, 1]
-            image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-        saliency.overlay_png(written[-1], image, heat)
-    return written
-
-
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags, in `fv` (a private FlagValues runs the command inside a test)."""
-    flags.DEFINE_string(
-        "workdir", None, "Training workdir whose checkpoint scores the images.", flag_values=fv
-    )
-    flags.DEFINE_string(
-        "checkpoint", "best", "With --workdir: best, latest or a step number.", flag_values=fv
-    )
-    flags.DEFINE_bool(
-        "raw_weights", False, "With --workdir: raw weights, not the EMA.", flag_values=fv
-    )
+    cli.define_workdir_flag(fv, "Training workdir whose checkpoint scores the images.")
+    cli.define_checkpoint_flags(fv, "(with --workdir) the raw weights")
     flags.DEFINE_string(
         "model", None, "Exported model (SavedModel dir, .tflite, .onnx).", flag_values=fv
     )
@@ -292,11 +178,10 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
             checks.probe_folder(fv.saliency, "--saliency")
         model = None  # the NNX network, for saliency
         if fv.workdir is not None:
-            loaded = evaluate.load(fv.workdir, fv.checkpoint, use_ema=not fv.raw_weights)
-            _check_checkpoint(loaded, fv.workdir)
-            model, predictor = loaded.model, checkpoint_predictor(loaded)
+            loaded = cli.load_checkpoint(fv.workdir, fv.checkpoint, use_ema=not fv.raw_weights)
+            model, predictor = loaded.model, predictors.checkpoint_predictor(loaded)
         else:
-            predictor = exported_predictor(fv.model)
+            predictor = predictors.exported_predictor(fv.model)
     except (cli.ArgumentError, image_io.InputListError, csv_file.OutputError) as e:
         if sink is not None:
             sink.abandon()
@@ -334,8 +219,10 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
         sys.stderr.write(f"error: {type(e).__name__} while scoring: {sink.failure(e)}\n")
         raise
     if fv.saliency is not None:
+        from marco_jax.serving import saliency_maps  # JAX: only the checkpoint's network has maps
+
         try:
-            written = write_saliency_maps(
+            written = saliency_maps.write_saliency_maps(
                 rows,
                 model,
                 fv.saliency,
@@ -353,14 +240,6 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
         logging.info("Wrote %d heat maps under %s", len(written), fv.saliency)
     print(engine.summary_line(rows, inputs.skipped_summary()))
     return engine.exit_code(rows)
-
-
-def _check_checkpoint(loaded: evaluate.Loaded, workdir: str) -> None:
-    """The restored arrays must have the shapes the workdir's config.json gives the model."""
-    expected = nnx.eval_shape(lambda: inception.create_model(loaded.config))
-    checks.check_checkpoint_matches_config(
-        loaded.model, expected, f"{workdir} (step {loaded.step})"
-    )
 
 
 def run() -> None:

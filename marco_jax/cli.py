@@ -1,5 +1,11 @@
-"""What the inference command-line tools (evaluate, classify, relabel) share: exit codes for
-wrong input, and the --checkpoint value (best, latest or a step) of every command.
+"""What the commands share: one way to define and run them, their common flags, and the exit
+code for wrong input.
+
+Every command module has `define_flags(fv)`, `main(argv, fv) -> exit code or None` and `run()`
+(= `cli.run(main, define_flags)`), so that a test runs it on a private `flags.FlagValues`. The
+flags that name a run mean the same everywhere: `--workdir DIR` (a training workdir) and, where a
+checkpoint is read, `--checkpoint best|latest|STEP` and `--raw_weights`, parsed by
+`parse_checkpoint` and loaded by `load_checkpoint` with the same errors in every command.
 
 A wrong argument (a workdir without checkpoints, an unknown step, a bad flag) ends the run with
 EXIT_USAGE and one line naming the fault, never with a traceback: the user has to fix the
@@ -10,11 +16,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from absl import app, flags
 
-EXIT_USAGE = 2  # as argparse's; classify_io's EXIT_SOME_FAILED (3) keeps clear of it
+if TYPE_CHECKING:
+    from marco_jax.runs import store
+
+EXIT_USAGE = 2  # as argparse's; serving.engine's EXIT_SOME_FAILED (3) keeps clear of it
 CHECKPOINT_NAMES = ("best", "latest")
 
 
@@ -33,6 +42,58 @@ def parse_checkpoint(text: str) -> str | int:
     raise ArgumentError(f"checkpoint {text!r} is neither 'best', 'latest' nor a step number.")
 
 
+def define_workdir_flag(
+    fv: flags.FlagValues, help: str = "Training workdir (config.json and checkpoints/)."
+) -> None:
+    flags.DEFINE_string("workdir", None, help, flag_values=fv)
+
+
+def define_checkpoint_flags(fv: flags.FlagValues, weights_help: str = "the raw weights") -> None:
+    """--checkpoint (checked while the flags are parsed: a bad value exits 2 at once) and
+    --raw_weights, for commands that read a workdir's checkpoint."""
+    flags.DEFINE_string(
+        "checkpoint", "best", "Which checkpoint: best, latest or a step number.", flag_values=fv
+    )
+    flags.register_validator(
+        "checkpoint",
+        _is_checkpoint,
+        message="--checkpoint must be 'best', 'latest' or a step number",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "raw_weights", False, f"Use {weights_help} instead of their EMA.", flag_values=fv
+    )
+
+
+def _is_checkpoint(text: str) -> bool:
+    try:
+        parse_checkpoint(text)
+    except ArgumentError:
+        return False
+    return True
+
+
+def load_checkpoint(
+    workdir: str, checkpoint: str = "best", use_ema: bool = True, data_dir: str | None = None
+) -> store.Loaded:
+    """`store.load` with the selector parsed here and every wrong input as ArgumentError.
+
+    The store (Orbax, Flax) is imported only now: scoring an export never needs it.
+    """
+    from marco_jax.runs import store
+
+    try:
+        return store.load(workdir, parse_checkpoint(checkpoint), use_ema, data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise ArgumentError(str(e)) from e
+
+
+def check_no_positional(argv: Sequence[str]) -> None:
+    """Fails (EXIT_USAGE) when a command that takes only flags is given more."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments {list(argv[1:])}")
+
+
 def fail(message: str) -> NoReturn:
     """Ends the program with EXIT_USAGE after printing `message` to stderr."""
     sys.stderr.write(f"error: {message}\n")
@@ -48,21 +109,22 @@ def asked_for_help(argv: Sequence[str]) -> bool:
 
 
 def run(
-    main: Callable[[Sequence[str]], int | None], define_flags: Callable[[], None] | None = None
+    main: Callable[[Sequence[str], flags.FlagValues], int | None],
+    define_flags: Callable[[flags.FlagValues], None],
 ) -> None:
-    """app.run(main) with the flags defined only now (so that the tools can be imported together
-    without clashing flag names) and flag errors exiting with EXIT_USAGE."""
-    if define_flags is not None:
-        define_flags()
+    """app.run(main) with the flags defined only now (so that the commands can be imported
+    together without clashing flag names) and flag errors exiting with EXIT_USAGE."""
+    fv = flags.FLAGS
+    define_flags(fv)
 
     def parse(argv: list[str]) -> list[str]:
         try:
-            return flags.FLAGS(argv)
+            return fv(argv)
         except flags.Error as error:
             fail(f"{error} (pass --helpshort for the flags)")
 
     try:
-        app.run(main, flags_parser=parse)
+        app.run(lambda argv: main(argv, fv), flags_parser=parse)
     except SystemExit as e:  # absl's help exits 1, which the commands reserve for a crash
         if e.code == 1 and asked_for_help(sys.argv[1:]):
             raise SystemExit(0) from None

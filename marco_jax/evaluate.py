@@ -6,7 +6,7 @@
 The model and the dataset come from the workdir's config.json (written by training); the split is
 read and preprocessed as in training's periodic evaluation, by `evaluator.Evaluator` on every
 device of every host. Writes report.json, PNG plots and a self-contained report.html
-(`marco_jax.report`) into --out, by default DIR/report_<step>_<split>: accuracy, the Table-4
+(`evaluation.report`) into --out, by default DIR/report_<step>_<split>: accuracy, the Table-4
 confusion matrix, the Table-5 spread across data sources when the dataset records them, Fig-3
 ROC curves with the recall at fixed false-positive rates, and Table 6's crystals-vs-rest
 precision/recall/accuracy (argmax, or "p_crystals >= X" with --crystal_threshold). EMA weights
@@ -18,68 +18,22 @@ stderr.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
-import numpy as np
 from absl import flags, logging
 
 from marco_jax import cli, parallel
 from marco_jax.data import input_pipeline
 from marco_jax.evaluation import evaluator, metrics, report
-from marco_jax.model import inception
-from marco_jax.training import checkpoints
-
-
-@dataclasses.dataclass(frozen=True)
-class Loaded:
-    """A checkpoint's network with the config it was trained with."""
-
-    config: ml_collections.ConfigDict
-    model: inception.InceptionV3
-    step: int
-    use_ema: bool
-
-
-def load(
-    workdir: str, checkpoint: str = "best", use_ema: bool = True, data_dir: str | None = None
-) -> Loaded:
-    """The network of `workdir` at `checkpoint` ("best", "latest" or a step number).
-
-    data_dir replaces config.dataset.data_dir (a dataset built elsewhere than during training).
-
-    Raises:
-      cli.ArgumentError: no such workdir or checkpoint, with the reason.
-    """
-    try:
-        config, model, step = checkpoints.load_for_inference(
-            workdir, checkpoint=cli.parse_checkpoint(checkpoint), use_ema=use_ema
-        )
-    except (FileNotFoundError, ValueError) as e:
-        raise cli.ArgumentError(str(e)) from e
-    if data_dir is not None:
-        config.dataset.data_dir = data_dir
-    return Loaded(config, model, step, use_ema)
-
-
-def predict(
-    loaded: Loaded, source: Sequence[dict[str, Any]]
-) -> tuple[evaluator.Evaluator, np.ndarray]:
-    """Probabilities [len(source), classes] in the source's order, and the evaluator that holds
-    the records' labels and data sources."""
-    parallel.check_divisible(loaded.config.input.eval_batch_size, "eval_batch_size")
-    graphdef, params, batch_stats = inception.split_model(loaded.model)
-    split = evaluator.Evaluator(loaded.config, graphdef, source, parallel.create_mesh())
-    return split, split.predict(params, batch_stats)
+from marco_jax.runs import store
 
 
 def write_evaluation(
-    loaded: Loaded,
+    loaded: store.Loaded,
     source: Sequence[dict[str, Any]],
     *,
     split: str,
@@ -91,11 +45,13 @@ def write_evaluation(
 
     Only process 0 writes; the other processes of a multi-host job return {}.
     """
-    split_evaluator, probs = predict(loaded, source)
+    predictions = evaluator.predict_model(
+        loaded.config, loaded.model, source, text_fields=("source",)
+    )
     result = metrics.compute_all(
-        split_evaluator.labels,
-        probs,
-        sources=split_evaluator.sources(),
+        predictions.labels,
+        predictions.probs,
+        sources=predictions.sources(),
         crystal_threshold=crystal_threshold,
     )
     if jax.process_index() != 0:
@@ -122,7 +78,7 @@ def evaluate(
     """
     if crystal_threshold is not None and not 0.0 <= crystal_threshold <= 1.0:
         raise cli.ArgumentError(f"crystal_threshold must lie in [0, 1], got {crystal_threshold}.")
-    loaded = load(workdir, checkpoint, use_ema, data_dir)
+    loaded = cli.load_checkpoint(workdir, checkpoint, use_ema, data_dir)
     try:
         source = input_pipeline.open_tfds_source(loaded.config, split)
     except ValueError as e:  # TFDS: "Unknown split 'x'. Should be one of ['train', 'test']."
@@ -145,26 +101,28 @@ def evaluate(
     )
 
 
-def _define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/ and config.json).")
-    flags.DEFINE_string("checkpoint", "best", "Which checkpoint: best, latest or a step number.")
-    flags.DEFINE_string("split", "test", "Dataset split to evaluate.")
-    flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/report_<step>_<split>).")
-    flags.DEFINE_bool("raw_weights", False, "Evaluate the raw weights instead of their EMA.")
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.define_workdir_flag(fv)
+    cli.define_checkpoint_flags(fv)
+    flags.DEFINE_string("split", "test", "Dataset split to evaluate.", flag_values=fv)
+    flags.DEFINE_string(
+        "out", None, "Output folder (default: WORKDIR/report_<step>_<split>).", flag_values=fv
+    )
     flags.DEFINE_float(
         "crystal_threshold",
         None,
         "Table 6 counts a crystal detection when p_crystals >= this (default: the argmax).",
+        flag_values=fv,
     )
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir replacing the one in config.json.")
-    flags.mark_flags_as_required(["workdir"])
+    flags.DEFINE_string(
+        "data_dir", None, "TFDS data_dir replacing the one in config.json.", flag_values=fv
+    )
+    flags.mark_flags_as_required(["workdir"], flag_values=fv)
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}")
+def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.check_no_positional(argv)
     parallel.initialize_distributed()
-    fv = flags.FLAGS
     try:
         paths = evaluate(
             fv.workdir,
@@ -183,7 +141,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    cli.run(main, _define_flags)
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ml_collections import config_flags
 
 from marco_jax import cli
 from marco_jax.model import inception, release
-from marco_jax.training import checkpoints, optim
+from marco_jax.runs import store
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 PROVENANCE_FILE = "release.json"
@@ -43,7 +43,7 @@ def import_release(
         already holds a run (it is never overwritten).
     """
     out = epath.Path(workdir)
-    if (out / checkpoints.CONFIG_FILE).exists() or (out / checkpoints.CHECKPOINT_DIR).exists():
+    if (out / store.CONFIG_FILE).exists() or (out / store.CHECKPOINT_DIR).exists():
         raise cli.ArgumentError(
             f"{workdir} already holds a run (config.json or checkpoints/); pass a new --workdir."
         )
@@ -54,16 +54,14 @@ def import_release(
         release.load_into(model, values)
     except release.ReleaseError as e:
         raise cli.ArgumentError(f"{savedmodel}: {e}") from e
-    from marco_jax.training import train
+    from marco_jax.training import step
 
     # The optimiser's state is fresh: the release ships no slots for RMSProp.
-    _, state = train.create_train_state(
-        model, optim.create_optimizer(config, steps_per_epoch=1), config.seed
-    )
+    _, state, _ = step.create(config, model, steps_per_epoch=1)
     provenance = release.provenance(savedmodel, values)
-    checkpoints.write_config(workdir, config)
+    store.write_config(workdir, config)
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
-    manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+    manager = store.create_manager(workdir, config.keep_checkpoints)
     manager.save(
         0,
         args=ocp.args.Composite(
@@ -79,19 +77,23 @@ def import_release(
     return provenance
 
 
-def _define_flags() -> None:
-    flags.DEFINE_string("savedmodel", None, "The unzipped release: saved_model.pb + variables/.")
-    flags.DEFINE_string("workdir", None, "The workdir to write (must not hold a run yet).")
-    config_flags.DEFINE_config_file(
-        "config", str(DEFAULT_CONFIG), "Config of the release's network.", lock_config=True
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    flags.DEFINE_string(
+        "savedmodel", None, "The unzipped release: saved_model.pb + variables/.", flag_values=fv
     )
-    flags.mark_flags_as_required(["savedmodel", "workdir"])
+    cli.define_workdir_flag(fv, "The workdir to write (must not hold a run yet).")
+    config_flags.DEFINE_config_file(
+        "config",
+        str(DEFAULT_CONFIG),
+        "Config of the release's network.",
+        flag_values=fv,
+        lock_config=True,
+    )
+    flags.mark_flags_as_required(["savedmodel", "workdir"], flag_values=fv)
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}")
-    fv = flags.FLAGS
+def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.check_no_positional(argv)
     try:
         provenance = import_release(fv.savedmodel, fv.workdir, fv.config)
     except cli.ArgumentError as e:
@@ -100,7 +102,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    cli.run(main, _define_flags)
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

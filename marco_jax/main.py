@@ -23,6 +23,7 @@ Exit codes, so that a scheduler can tell the cases apart (each failure is one li
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import jax
 from absl import flags, logging
@@ -34,20 +35,26 @@ from marco_jax.runs import lock
 from marco_jax.training import checkpoints, config_checks
 
 EXIT_FINISHED = 0
-EXIT_USAGE = 2
+EXIT_USAGE = cli.EXIT_USAGE
 EXIT_DIVERGED = 3
 EXIT_CHECKPOINT = 4
 EXIT_PREEMPTED = 75
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and eval results.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address",
-    None,
-    "host:port of process 0, for a multi-process job on a plain cluster.",
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.define_workdir_flag(fv, "Directory for checkpoints, logs and eval results.")
+    config_flags.DEFINE_config_file(
+        "config", None, "Training config file.", flag_values=fv, lock_config=True
+    )
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "host:port of process 0, for a multi-process job on a plain cluster.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes in the job.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index in the job.", flag_values=fv)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
 
 
 def _fail(code: int, message: str) -> None:
@@ -56,23 +63,22 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}")
+def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.check_no_positional(argv)
     # Before anything logs: a bad value is the only output, one line per field.
-    if problems := config_checks.problems(_CONFIG.value):
+    if problems := config_checks.problems(fv.config):
         _fail(EXIT_USAGE, "\nerror: ".join(problems))
     # Imported only now: loading TensorFlow (through clu's writers) prints C++ banners that no
     # flag silences, and a bad value must be the only line a user sees.
     from marco_jax.training import train
 
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
     platform.work_unit().set_task_status(
         f"process_index: {jax.process_index()}, process_count: {jax.process_count()}"
     )
-    platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, _WORKDIR.value, "workdir")
+    platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, fv.workdir, "workdir")
     try:
-        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        result = train.train_and_evaluate(fv.config, fv.workdir)
     except (config_checks.ConfigError, lock.WorkdirLockedError) as e:
         _fail(EXIT_USAGE, str(e).replace("\n", "\nerror: "))
     except train.NonFiniteLossError as e:
@@ -95,8 +101,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["config", "workdir"])
-    cli.run(main)
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

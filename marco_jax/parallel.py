@@ -7,6 +7,7 @@ without any explicit cross-device reduction.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -99,6 +100,24 @@ def to_global(
         key: jax.make_array_from_process_local_data(sharding, value)
         for key, value in local_batch.items()
     }
+
+
+def gather_from_processes(value: object) -> list:
+    """`value` (anything JSON can write) of every process, in process order, on every process.
+
+    For host-side data that cannot travel as device arrays, such as the text fields of
+    evaluation records: each process knows only its own records.
+    """
+    if jax.process_count() == 1:
+        return [value]
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([data.size], np.int64)).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    everyone = multihost_utils.process_allgather(padded)
+    return [
+        json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(everyone, sizes, strict=True)
+    ]
 
 
 class PreemptionWatcher:

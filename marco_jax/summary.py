@@ -9,6 +9,7 @@ FLOPs per image from XLA's cost analysis, and the logits shape for one image.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -22,8 +23,6 @@ from ml_collections import config_flags
 
 from marco_jax import cli
 from marco_jax.model import inception
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
 
 
 def _count(tree: Any) -> int:
@@ -54,16 +53,20 @@ def model_summary(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any
     return parameter_overview.get_parameter_overview(params, include_stats=False), summary
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    table, summary = model_summary(_CONFIG.value)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    config_flags.DEFINE_config_file("config", None, "Path to a config file.", flag_values=fv)
+    flags.mark_flags_as_required(["config"], flag_values=fv)
+
+
+def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.check_no_positional(argv)
+    table, summary = model_summary(fv.config)
     print(table)
     print(json.dumps(summary))
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["config"])
-    cli.run(main)
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

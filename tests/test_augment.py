@@ -171,10 +171,3 @@ def test_distort_color_draws_per_image_is_jittable_deterministic_and_clipped(inp
     params = augment.sample_distortion_params(jax.random.key(3), 8, input_config)
     expected = jax.jit(jax.vmap(augment.apply_distortions))(augment.to_unit_float(batch), params)
     np.testing.assert_allclose(out, expected, atol=ATOL)
-
-
-def test_to_model_input_maps_to_minus_one_one():
-    as_uint8 = augment.to_model_input(jnp.array([0, 255, 51], jnp.uint8))
-    np.testing.assert_allclose(as_uint8, [-1.0, 1.0, 51 / 255 * 2 - 1], atol=1e-6)
-    assert as_uint8.dtype == jnp.float32
-    np.testing.assert_allclose(augment.to_model_input(jnp.array([0.0, 0.5, 1.0])), [-1, 0, 1])

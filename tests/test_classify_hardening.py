@@ -31,7 +31,7 @@ from PIL import Image
 from marco_jax import classify, cli
 from marco_jax.data import preprocess
 from marco_jax.labels import CLASS_NAMES
-from marco_jax.serving import csv_file, engine
+from marco_jax.serving import csv_file, engine, predictors
 
 PREPROCESSING = preprocess.Preprocessing(16, 0.875)
 
@@ -54,7 +54,7 @@ def fake_model(monkeypatch):
         return _fake_predict(images)
 
     monkeypatch.setattr(
-        classify, "exported_predictor", lambda path: classify.Predictor(predict, PREPROCESSING)
+        predictors, "exported_predictor", lambda path: predictors.Predictor(predict, PREPROCESSING)
     )
     return calls
 
@@ -227,11 +227,12 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_where(tmp_path):
         sys.path.insert(0, {str(REPO / "tests")!r})
         from marco_jax import classify
         from marco_jax.data import preprocess
+        from marco_jax.serving import predictors
         from test_classify_hardening import _fake_predict
         def slow(images):
             time.sleep(0.2)
             return _fake_predict(images)
-        classify.exported_predictor = lambda path: classify.Predictor(
+        predictors.exported_predictor = lambda path: predictors.Predictor(
             slow, preprocess.Preprocessing(16, 0.875))
         sys.argv = ["classify", "--model=fake.onnx", "--batch_size=2", "--output={out}",
                     {str(tmp_path)!r}]
@@ -467,7 +468,7 @@ def test_crash_while_scoring_says_where_the_finished_rows_are(monkeypatch, tmp_p
         return _fake_predict(images)
 
     monkeypatch.setattr(
-        classify, "exported_predictor", lambda path: classify.Predictor(predict, PREPROCESSING)
+        predictors, "exported_predictor", lambda path: predictors.Predictor(predict, PREPROCESSING)
     )
     out = tmp_path / "out.csv"
     with pytest.raises(ValueError, match="the model broke"):  # a crash stays a crash (exit 1)

@@ -5,35 +5,31 @@ import json
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from helpers import REPO
 from sklearn.metrics import roc_auc_score
 
 from marco_jax import cli, evaluate
-from marco_jax.data import augment, input_pipeline, preprocess
+from marco_jax.data import input_pipeline, preprocess
 from marco_jax.labels import CLASS_NAMES, NUM_CLASSES
-from marco_jax.training import checkpoints
+from marco_jax.model import predict
+from marco_jax.runs import store
 
 
 def _direct_probabilities(workdir, checkpoint: str, split: str):
     """The split's labels and probabilities without the evaluation pipeline (grain, batching,
     padding, sharding): every record decoded, center-cropped and run through the network."""
-    config, model, step = checkpoints.load_for_inference(str(workdir), checkpoint)
+    loaded = store.load(str(workdir), checkpoint)
+    config, model, step = loaded.config, loaded.model, loaded.step
     source = input_pipeline.open_tfds_source(config, split)
     size, fraction = config.model.image_size, config.input.central_fraction
     crops = [
         preprocess.center_crop_and_resize(preprocess.decode_image(r["image"]), size, fraction)
         for r in source
     ]
-    logits = nnx.jit(lambda m, x: m(augment.to_model_input(x), train=False))(
-        model, jnp.asarray(np.stack(crops))
-    )
     labels = np.array([int(r["label"]) for r in source])
-    return step, labels, np.asarray(jax.nn.softmax(logits))
+    return step, labels, predict.predict_fn(model)(np.stack(crops))
 
 
 def test_report_agrees_with_direct_predictions(trained_workdir):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,8 @@ from helpers import load_config
 from marco_jax.data import input_pipeline
 from marco_jax.labels import CRYSTALS
 from marco_jax.model import inception, release
-from marco_jax.training import optim, train, warm_start
+from marco_jax.training import step as train_step
+from marco_jax.training import warm_start
 
 tf = pytest.importorskip("tensorflow")
 import release_graph  # noqa: E402  (needs TensorFlow)
@@ -50,17 +49,7 @@ def _losses(config, map_labels=lambda labels: labels) -> list[float]:
     warm_start.load_into(model, config)
     source = input_pipeline.open_tfds_source(config, "train")
     steps_per_epoch = len(source) // config.input.global_batch_size
-    tx = optim.create_optimizer(config, steps_per_epoch)
-    graphdef, state = train.create_train_state(model, tx, config.seed)
-    step = jax.jit(
-        functools.partial(
-            train.train_step,
-            graphdef=graphdef,
-            tx=tx,
-            learning_rate=optim.learning_rate_schedule(config, steps_per_epoch),
-            config=config,
-        )
-    )
+    _, state, step = train_step.create(config, model, steps_per_epoch)
     batches = input_pipeline.create_train_dataset(
         config, source, process_index=0, process_count=1, seed=0
     )
@@ -106,14 +95,14 @@ def test_training_from_an_imported_workdir_starts_from_its_weights(
     release_dir, tfds_data_dir, tmp_path
 ):
     from marco_jax import import_release
-    from marco_jax.training import checkpoints
+    from marco_jax.runs import store
 
     imported = tmp_path / "imported"
     import_release.import_release(str(release_dir), str(imported), load_config("default"))
     config = _finetune_config(imported, tfds_data_dir)
     model = inception.create_model(config, rngs=config.seed)
     warm_start.load_into(model, config)
-    _, reference, _ = checkpoints.load_for_inference(str(imported), "latest")
+    reference = store.load(str(imported), "latest").model
     np.testing.assert_array_equal(model.Logits.kernel[...], reference.Logits.kernel[...])
     same = jax.tree.map(
         np.array_equal,

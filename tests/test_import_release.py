@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from marco_jax.training import checkpoints
+from marco_jax.runs import store
 
 tf = pytest.importorskip("tensorflow")
 import release_graph  # noqa: E402  (needs TensorFlow)
@@ -44,7 +44,8 @@ def test_import_writes_a_workdir_with_the_values_as_raw_and_ema_weights(values, 
     source = release_graph.write_release(tmp_path / "release", values)
     result = _import(source, tmp_path / "run")
     assert result.returncode == 0, result.stderr
-    _, model, step = checkpoints.load_for_inference(str(tmp_path / "run"), "latest")
+    loaded = store.load(str(tmp_path / "run"), "latest")
+    model, step = loaded.model, loaded.step
     assert step == 0
     layer = model.Mixed_6a.Branch_0.Conv2d_1a_1x1
     name = "Inception/Mixed_6a/Branch_0/Conv2d_1a_1x1"
@@ -54,7 +55,7 @@ def test_import_writes_a_workdir_with_the_values_as_raw_and_ema_weights(values, 
     # Other, Precipitate).
     kernel = values["Inception/Logits/Conv2d_1c_1x1/weights"]
     np.testing.assert_array_equal(model.Logits.kernel[...], kernel[..., [1, 3, 0, 2]])
-    _, raw, _ = checkpoints.load_for_inference(str(tmp_path / "run"), "latest", use_ema=False)
+    raw = store.load(str(tmp_path / "run"), "latest", use_ema=False).model
     np.testing.assert_array_equal(raw.Logits.bias[...], model.Logits.bias[...])
     assert '"global_step": 1234' in (tmp_path / "run" / "release.json").read_text()
     again = _import(source, tmp_path / "run")

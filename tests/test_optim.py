@@ -121,7 +121,7 @@ def paper_run(request):
 
 def test_matches_tf1_rmsprop_across_staircase_boundaries(paper_run):
     config, init, grads, tf_history, tf_slots = paper_run
-    tx = optim.create_optimizer(config, _STEPS_PER_EPOCH)
+    tx = optim.create_optimizer(config, optim.learning_rate_schedule(config, _STEPS_PER_EPOCH))
     history, state = _run_optax(tx, init, grads)
 
     errors = [_rel_err(ours, theirs) for ours, theirs in zip(history, tf_history, strict=True)]
@@ -234,7 +234,7 @@ def test_weight_decay_only_on_kernels():
     config.optimizer.weight_decay = 0.01
     params = nnx.state(Tiny(nnx.Rngs(0)), nnx.Param)
     params = jax.tree.map(lambda p: p + 0.5, params)  # non-zero biases so a decay would show
-    tx = optim.create_optimizer(config, steps_per_epoch=10)
+    tx = optim.create_optimizer(config, optim.learning_rate_schedule(config, 10))
     # Zero gradients: the RMSProp part moves nothing, only the decay acts.
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)
@@ -255,10 +255,10 @@ def test_l2_regularization_is_slims_loss_gradient_through_rmsprop():
     params = {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32),
               "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}  # fmt: skip
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-    with_l2 = optim.create_optimizer(config, steps_per_epoch=10)
+    with_l2 = optim.create_optimizer(config, optim.learning_rate_schedule(config, 10))
     updates, _ = with_l2.update(grads, with_l2.init(params), params)
     config.optimizer.l2_regularization = 0.0
-    plain = optim.create_optimizer(config, steps_per_epoch=10)
+    plain = optim.create_optimizer(config, optim.learning_rate_schedule(config, 10))
     by_hand = {"kernel": grads["kernel"] + l2 * params["kernel"], "bias": grads["bias"]}
     expected, _ = plain.update(by_hand, plain.init(params), params)
     for name in params:
@@ -270,7 +270,7 @@ def test_weight_decay_rejects_negative():
     config = _paper_config()
     config.optimizer.weight_decay = -1e-4
     with pytest.raises(ValueError, match="weight_decay"):
-        optim.create_optimizer(config, steps_per_epoch=10)
+        optim.create_optimizer(config, optim.learning_rate_schedule(config, 10))
 
 
 def test_ema_update_by_hand():

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marco_jax import cli, relabel
+from marco_jax import cli
 from marco_jax.data import input_pipeline, preprocess
+from marco_jax.evaluation import relabel
 from marco_jax.labels import CLASS_NAMES
-from marco_jax.training import checkpoints
+from marco_jax.runs import store
 from tfds_marco.marco import build
 from tfds_marco.marco.marco_dataset_builder import Builder
 
@@ -70,7 +71,7 @@ def test_candidates_csv_and_contact_sheet(trained_workdir, tmp_path):
         thumbnail_size=48,
     )
     rows = _rows(result["csv"])
-    config = checkpoints.read_config(str(trained_workdir))
+    config = store.read_config(str(trained_workdir))
     splits = {s: input_pipeline.open_tfds_source(config, s) for s in ("train", "test")}
     assert result["num_scored"] == NUM_IMAGES  # train and test ranked together
     assert len(rows) == math.ceil(0.3 * NUM_IMAGES) == 8

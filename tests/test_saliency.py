@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from marco_jax.serving import saliency
+from marco_jax.serving import saliency, smoothgrad
 
 SIZE = 16
 HALF = SIZE // 2
@@ -49,7 +49,7 @@ def _mask(class_index: int) -> np.ndarray:
 @pytest.mark.parametrize("class_index", [0, 1])
 def test_heat_lies_where_the_class_evidence_is(class_index):
     model = RegionModel((0.5, -2.0, 1.0), linear=False)
-    heat = saliency.smoothgrad(model, _image(), class_index, num_samples=16)
+    heat = smoothgrad.smoothgrad(model, _image(), class_index, num_samples=16)
     assert heat.shape == (SIZE, SIZE) and heat.dtype == np.float32
     inside, outside = heat[_mask(class_index)], heat[~_mask(class_index)]
     assert inside.min() > 0 and np.all(outside == 0)
@@ -60,7 +60,7 @@ def test_modes_and_the_maximum_over_channels(mode, expected):
     """A linear logit has the gradient w = (0.5, -2, 1) everywhere in its quarter: the map is the
     largest channel's |w| (abs) or w^2 (squared), however noisy the samples."""
     model = RegionModel((0.5, -2.0, 1.0), linear=True)
-    heat = saliency.smoothgrad(model, _image(), 0, num_samples=5, noise_fraction=0.5, mode=mode)
+    heat = smoothgrad.smoothgrad(model, _image(), 0, num_samples=5, noise_fraction=0.5, mode=mode)
     np.testing.assert_allclose(heat[_mask(0)], expected, rtol=1e-6)
     assert np.all(heat[~_mask(0)] == 0)
 
@@ -69,17 +69,17 @@ def test_noise_is_added_and_seeded():
     model = RegionModel((0.5, -2.0, 1.0), linear=False)
     image = _image()
     kwargs = {"num_samples": 6, "sample_batch_size": 4}
-    first = saliency.smoothgrad(model, image, 0, seed=3, **kwargs)
-    np.testing.assert_array_equal(first, saliency.smoothgrad(model, image, 0, seed=3, **kwargs))
-    assert not np.allclose(first, saliency.smoothgrad(model, image, 0, seed=4, **kwargs))
+    first = smoothgrad.smoothgrad(model, image, 0, seed=3, **kwargs)
+    np.testing.assert_array_equal(first, smoothgrad.smoothgrad(model, image, 0, seed=3, **kwargs))
+    assert not np.allclose(first, smoothgrad.smoothgrad(model, image, 0, seed=4, **kwargs))
     # Batching the samples differently draws the same noise: the same map.
-    one_by_one = saliency.smoothgrad(model, image, 0, seed=3, num_samples=6, sample_batch_size=1)
+    one_by_one = smoothgrad.smoothgrad(model, image, 0, seed=3, num_samples=6, sample_batch_size=1)
     np.testing.assert_allclose(one_by_one, first, rtol=1e-5)
     # Without noise it is the plain gradient: max over channels of (w (1 - tanh^2(x . w)))^2.
     x = image.astype(np.float32) / 255 * 2 - 1
     w = np.array([0.5, -2.0, 1.0], np.float32)
     plain = np.max((w * (1 - np.tanh(x @ w) ** 2)[..., None]) ** 2, axis=-1)
-    noiseless = saliency.smoothgrad(model, image, 0, num_samples=2, noise_fraction=0.0)
+    noiseless = smoothgrad.smoothgrad(model, image, 0, num_samples=2, noise_fraction=0.0)
     np.testing.assert_allclose(noiseless[_mask(0)], plain[_mask(0)], rtol=1e-4)
     assert not np.allclose(first[_mask(0)], plain[_mask(0)], rtol=1e-2)
 
@@ -87,11 +87,11 @@ def test_noise_is_added_and_seeded():
 def test_bad_arguments_are_named():
     model = RegionModel((1.0, 1.0, 1.0), linear=True)
     with pytest.raises(ValueError, match=r"uint8 or float \[H, W, 3\], got int32"):
-        saliency.smoothgrad(model, _image().astype(np.int32), 0)
+        smoothgrad.smoothgrad(model, _image().astype(np.int32), 0)
     with pytest.raises(ValueError, match="mode must be one of"):
-        saliency.smoothgrad(model, _image(), 0, mode="signed")
+        smoothgrad.smoothgrad(model, _image(), 0, mode="signed")
     with pytest.raises(ValueError, match="num_samples"):
-        saliency.smoothgrad(model, _image(), 0, num_samples=0)
+        smoothgrad.smoothgrad(model, _image(), 0, num_samples=0)
 
 
 def test_overlay_is_a_heat_map_over_the_grayscale_image(tmp_path):

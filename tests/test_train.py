@@ -22,13 +22,14 @@ import pytest
 from helpers import REPO, ci_config
 
 from marco_jax import parallel
-from marco_jax.training import checkpoints, train
+from marco_jax.runs import store
+from marco_jax.training import train
 
 
 def _final_state(workdir: pathlib.Path) -> tuple[int, dict]:
-    manager = checkpoints.create_manager(str(workdir), read_only=True)
+    manager = store.create_manager(str(workdir), read_only=True)
     step = manager.latest_step()
-    state = checkpoints.restore_on_this_host(manager, step)
+    state = store.restore_on_this_host(manager, step)
     manager.close()
     return step, state
 
@@ -81,7 +82,7 @@ def test_rerun_of_a_finished_workdir_does_not_train_again(trained_workdir, tfds_
     shutil.copytree(trained_workdir, workdir)
     result = train.train_and_evaluate(ci_config(tfds_data_dir), str(workdir))
     assert result["step"] == 6 and result["status"] == train.FINISHED
-    assert checkpoints.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
+    assert store.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
 
 
 def test_killed_run_resumes_bit_identical(
@@ -240,7 +241,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(
         train.NonFiniteLossError, match=r"at step (7|8)\b.*checkpoint \(step 6\).*verified"
     ):
         train.train_and_evaluate(config, str(workdir))
-    _, model, step = checkpoints.load_for_inference(str(workdir), "latest")
+    loaded = store.load(str(workdir), "latest")
+    model, step = loaded.model, loaded.step
     assert step == 6
     import jax.numpy as jnp
 

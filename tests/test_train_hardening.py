@@ -25,15 +25,15 @@ from helpers import REPO, ci_config, load_config
 
 from marco_jax import parallel
 from marco_jax.model import inception
-from marco_jax.runs import lock
-from marco_jax.training import checkpoints, config_checks, optim, train
+from marco_jax.runs import integrity, lock, store
+from marco_jax.training import checkpoints, config_checks, train
+from marco_jax.training import step as train_step
 
 
 def _abstract_state(config):
     """The replicated TrainState a run of `config` restores into."""
     model = inception.create_model(config, rngs=config.seed)
-    tx = optim.create_optimizer(config, steps_per_epoch=1)
-    _, state = train.create_train_state(model, tx, config.seed)
+    _, state, _ = train_step.create(config, model, steps_per_epoch=1)
     return jax.device_put(state, parallel.replicated(parallel.create_mesh()))
 
 
@@ -46,7 +46,7 @@ def workdir(trained_workdir, tmp_path) -> pathlib.Path:
 
 
 def _restore(workdir: pathlib.Path, config):
-    manager = checkpoints.create_manager(str(workdir), config.keep_checkpoints)
+    manager = store.create_manager(str(workdir), config.keep_checkpoints)
     try:
         return checkpoints.restore_latest(manager, _abstract_state(config))
     finally:
@@ -80,14 +80,14 @@ def test_bit_flip_in_latest_checkpoint_falls_back_to_previous(workdir, tfds_data
     assert "Checkpoint 6" in caplog.text and "checkpoint 3" in caplog.text
     # Set aside, not deleted; the manager no longer sees it.
     assert [p.name.split("-")[0] for p in (workdir / "checkpoints_rejected").iterdir()] == ["6"]
-    assert checkpoints.create_manager(str(workdir), read_only=True).all_steps() == [3]
+    assert store.create_manager(str(workdir), read_only=True).all_steps() == [3]
 
 
 def test_restored_values_are_checked_against_the_saved_record(workdir, tfds_data_dir):
     """The record catches a changed value even where the file format's own checks would not."""
     config = ci_config(tfds_data_dir)
     state, _ = _restore(workdir, config)
-    record = checkpoints.state_record(state)
+    record = integrity.state_record(state)
     assert all(leaf["finite"] for leaf in record.values())
     params = jax.tree.map(np.array, state.params)
     leaf = jax.tree.leaves(params)[0]
@@ -101,18 +101,18 @@ def test_save_refuses_a_non_finite_state(workdir, tfds_data_dir):
     config = ci_config(tfds_data_dir)
     state, progress = _restore(workdir, config)
     bad = state.replace(opt_state=jax.tree.map(lambda x: x * np.nan, state.opt_state))
-    manager = checkpoints.create_manager(str(workdir), config.keep_checkpoints)
+    manager = store.create_manager(str(workdir), config.keep_checkpoints)
     with pytest.raises(checkpoints.NonFiniteStateError, match="step 9 holds non-finite"):
         checkpoints.Saver(manager, config).save(9, bad, progress)
     manager.close()
-    assert checkpoints.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
+    assert store.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
 
 
 def test_at_least_two_checkpoints_are_kept(tmp_path):
     """With keep_checkpoints=1 the newest verified checkpoint would go as the next is written."""
-    manager = checkpoints.create_manager(str(tmp_path), keep=1)
+    manager = store.create_manager(str(tmp_path), keep=1)
     policies = manager._options.preservation_policy.policies
-    assert policies[0].n == checkpoints.MIN_KEPT == 2
+    assert policies[0].n == store.MIN_KEPT == 2
     manager.close()
 
 
@@ -205,7 +205,7 @@ def test_full_disk_save_is_one_error_and_removes_its_tmp_dir(
 ):
     config = ci_config(tfds_data_dir)
     state, progress = _restore(workdir, config)
-    manager = checkpoints.create_manager(str(full_disk), config.keep_checkpoints)
+    manager = store.create_manager(str(full_disk), config.keep_checkpoints)
     saver = checkpoints.Saver(manager, config)
     with pytest.raises(checkpoints.CheckpointError) as error:
         saver.save(6, state, progress)
@@ -297,7 +297,7 @@ def test_safe_changes_resume_and_are_recorded(workdir, tfds_data_dir):
     config.input.num_workers = 1
     result = train.train_and_evaluate(config, str(workdir))
     assert result["status"] == train.FINISHED and result["step"] == 6
-    assert checkpoints.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
+    assert store.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
     history = [
         json.loads(line) for line in (workdir / train.CONFIG_CHANGES_FILE).read_text().splitlines()
     ]
@@ -423,11 +423,11 @@ def test_resume_with_other_worker_count_is_bit_identical(trained_workdir, workdi
     config.input.num_workers = 2
     result = train.train_and_evaluate(config, str(workdir))
     assert result["status"] == train.FINISHED
-    manager = checkpoints.create_manager(str(workdir), read_only=True)
+    manager = store.create_manager(str(workdir), read_only=True)
     assert manager.latest_step() == 6
-    resumed = checkpoints.restore_on_this_host(manager, 6)
-    reference = checkpoints.create_manager(str(trained_workdir), read_only=True)
-    expected = checkpoints.restore_on_this_host(reference, 6)
+    resumed = store.restore_on_this_host(manager, 6)
+    reference = store.create_manager(str(trained_workdir), read_only=True)
+    expected = store.restore_on_this_host(reference, 6)
     for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(x, y)
 
@@ -443,7 +443,7 @@ def test_early_stopped_run_stays_stopped(workdir, tfds_data_dir):
     for _ in range(2):
         result = train.train_and_evaluate(config, str(workdir))
         assert result["status"] == train.EARLY_STOPPED and result["step"] == 6
-    assert checkpoints.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
+    assert store.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
 
 
 # ---------------------------------------------------------------------------- 5. orphans
@@ -553,10 +553,10 @@ def test_soak_random_sigkills_and_worker_changes_end_bit_identical(
     assert kills == 3
     assert not list((soaked / "checkpoints").glob("*tmp*"))
     assert not (soaked / "checkpoints_rejected").exists()
-    expected = checkpoints.create_manager(str(reference), read_only=True)
-    actual = checkpoints.create_manager(str(soaked), read_only=True)
+    expected = store.create_manager(str(reference), read_only=True)
+    actual = store.create_manager(str(soaked), read_only=True)
     assert expected.latest_step() == actual.latest_step() == 12
-    a = checkpoints.restore_on_this_host(expected, 12)
-    b = checkpoints.restore_on_this_host(actual, 12)
+    a = store.restore_on_this_host(expected, 12)
+    b = store.restore_on_this_host(actual, 12)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)

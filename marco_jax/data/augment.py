@@ -210,8 +210,3 @@ def distort_color(key: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
     """
     params = sample_distortion_params(key, images.shape[0], cfg)
     return jax.vmap(apply_distortions)(to_unit_float(images), params)
-
-
-def to_model_input(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] or float [0, 1] images -> float32 in [-1, 1] (the Inception convention)."""
-    return to_unit_float(images) * 2.0 - 1.0

@@ -1,8 +1,9 @@
 """grain input pipelines: sharded, shuffled, augmented uint8 batches for training and evaluation.
 
-The host does only what needs the encoded image: decode, the random patch at the evaluation scale,
-flips (`marco_jax.preprocess`). The photometric distortions run on device inside the jitted step
-(`marco_jax.augment`), so batches leave the host as uint8 (4x less to transfer than float32).
+The host does only what needs the encoded image: decode, the random patch at the evaluation
+scale, flips (`marco_jax.data.preprocess`). The photometric distortions run on device inside the
+jitted step (`marco_jax.data.augment`), so batches leave the host as uint8 (4x less to transfer
+than float32).
 
 Determinism: all hosts walk the same global stream (grain's global index shuffle, re-drawn every
 epoch) and each takes its own slice of every global batch; every random choice of a record comes
@@ -43,14 +44,20 @@ def _check_shard(process_index: int, process_count: int) -> None:
         raise ValueError(f"process_index={process_index} must lie in [0, {process_count}).")
 
 
+def record_text(record: dict[str, Any], field: str, default: str = "") -> str:
+    """A text feature of a record as str (TFDS gives bytes); `default` where it has none."""
+    value = record.get(field, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _decode_record(record: dict[str, Any], jpeg_dct: str) -> preprocess.ImageLike:
     """Decodes record["image"], naming the record's file in the error if it is not an image."""
     try:
         return preprocess.decode(record["image"], jpeg_dct)
     except ValueError as e:
-        name = record.get("filename", b"<no filename>")
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        raise ValueError(f"Record {name!r} (source {record.get('source', '?')!r}): {e}") from e
+        name = record_text(record, "filename", "<no filename>")
+        source = record_text(record, "source", "?")
+        raise ValueError(f"Record {name!r} (source {source!r}): {e}") from e
 
 
 def _train_example(
@@ -191,7 +198,10 @@ class _PaddedEvalShard(Sequence):
 
 
 def _eval_example(
-    indexed_record: tuple[int, dict[str, Any] | None], *, preprocessing: preprocess.Preprocessing
+    indexed_record: tuple[int, dict[str, Any] | None],
+    *,
+    preprocessing: preprocess.Preprocessing,
+    text_fields: Sequence[str],
 ) -> dict[str, np.ndarray]:
     index, record = indexed_record
     if record is None:
@@ -201,14 +211,14 @@ def _eval_example(
             "label": np.int32(0),
             "mask": np.bool_(False),
             "index": np.int64(-1),
-        }
+        } | {field: np.str_("") for field in text_fields}
     image = _decode_record(record, preprocessing.jpeg_dct)
     return {
         "image": preprocessing.eval_transform(image),
         "label": np.int32(record["label"]),
         "mask": np.bool_(True),
         "index": np.int64(index),
-    }
+    } | {field: np.str_(record_text(record, field)) for field in text_fields}
 
 
 def create_eval_dataset(
@@ -217,12 +227,15 @@ def create_eval_dataset(
     *,
     process_index: int,
     process_count: int,
+    text_fields: Sequence[str] = (),
 ) -> grain.IterDataset:
-    """One deterministic pass: batches {"image", "label", "mask", "index"} of this process.
+    """One deterministic pass: batches {"image", "label", "mask", "index"} of this process, plus
+    each of `text_fields` (e.g. "source") as str, so that one read of a record gives all of it.
 
     Every record appears exactly once over all processes (mask True, index = its position in
-    `source`); the last batches are padded (mask False, index -1) to the per-process batch
-    config.input.eval_batch_size // process_count, the same count of batches on every process.
+    `source`); the last batches are padded (mask False, index -1, empty texts) to the per-process
+    batch config.input.eval_batch_size // process_count, the same count of batches on every
+    process.
     """
     _check_shard(process_index, process_count)
     local_batch = _local_batch_size(config.input.eval_batch_size, process_count, "eval_batch_size")
@@ -231,7 +244,9 @@ def create_eval_dataset(
     num_batches = math.ceil(math.ceil(len(source) / process_count) / local_batch)
     shard = _PaddedEvalShard(source, process_index, process_count, num_batches * local_batch)
     transform = functools.partial(
-        _eval_example, preprocessing=preprocess.Preprocessing.from_config(config)
+        _eval_example,
+        preprocessing=preprocess.Preprocessing.from_config(config),
+        text_fields=tuple(text_fields),
     )
     ds = grain.MapDataset.source(shard).map(transform).batch(local_batch, drop_remainder=True)
     return _prefetch(config, ds)

@@ -272,7 +272,7 @@ class Preprocessing:
     """How an image becomes the model's input; recorded in exports so scoring repeats it.
 
     `eval_transform` returns what the model takes: float32 [S, S, 3] in [0, 1] for
-    "tf1_bilinear", uint8 for "pil_antialias" (`augment.to_model_input` maps both to [-1, 1]).
+    "tf1_bilinear", uint8 for "pil_antialias" (`predict.to_model_input` maps both to [-1, 1]).
     """
 
     image_size: int

@@ -1,45 +1,56 @@
-"""Predictions over a whole evaluation split, on every device of every host.
+"""Predictions over a whole evaluation split, on every device of every host; no I/O of its own.
 
-One code path serves the periodic evaluation during training and `python -m marco_jax.evaluate`:
-each host feeds its shard, the jitted step returns the global batch's probabilities replicated,
-so every host ends with all predictions in the source's order and computes the same metrics.
+One code path serves the periodic evaluation during training, `python -m marco_jax.evaluate` and
+`relabel`: each host feeds its shard, the jitted step returns the global batch's probabilities
+and labels replicated, so every host ends with all predictions in the source's order and
+computes the same metrics. Each record is read once, by the pipeline's worker processes: its
+image, label and the text fields asked for (the data source for Table 5, file names for
+relabelling) travel together. What to do with the result (write eval/step_N.json, a report, a
+CSV) is the caller's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from marco_jax import parallel
-from marco_jax.data import augment, input_pipeline
+from marco_jax.data import input_pipeline
 from marco_jax.evaluation import metrics
+from marco_jax.model import inception, predict
 
-EVAL_DIR = "eval"
-
-
-def _predict_step(variables: tuple[Any, Any], batch: dict[str, jax.Array], graphdef) -> dict:
-    params, batch_stats = variables
-    model = nnx.merge(graphdef, params, batch_stats)
-    logits = model(augment.to_model_input(batch["image"]), train=False)
-    return {"probs": jax.nn.softmax(logits), "index": batch["index"], "mask": batch["mask"]}
+_DEVICE_FIELDS = ("image", "label", "index", "mask")
 
 
-def _record_field(source: Sequence[dict[str, Any]], index: int, field: str) -> str:
-    value = source[index].get(field, b"")
-    return value.decode() if isinstance(value, bytes) else str(value)
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """Row i of each array belongs to record i of the evaluated source."""
+
+    probs: np.ndarray  # [N, classes]
+    labels: np.ndarray  # [N]
+    texts: dict[str, np.ndarray]  # the requested text fields, [N] str each
+
+    def sources(self) -> np.ndarray | None:
+        """The data source of each record, for the per-source spread of Table 5, if recorded."""
+        names = self.texts.get("source")
+        return names if names is not None and any(names) else None
+
+
+def _predict_step(weights: tuple[Any, Any], batch: dict[str, jax.Array], graphdef) -> dict:
+    probs = predict.probabilities(graphdef, weights, batch["image"])
+    return {"probs": probs} | {key: batch[key] for key in ("label", "index", "mask")}
 
 
 class Evaluator:
-    """Runs the network over `source` (records with "label" and optionally "source")."""
+    """Runs the network over `source` (records with "label" and the fields of `text_fields`)."""
 
     def __init__(
         self,
@@ -47,10 +58,11 @@ class Evaluator:
         graphdef: nnx.GraphDef,
         source: Sequence[dict[str, Any]],
         mesh: Mesh,
+        text_fields: Sequence[str] = (),
     ):
         self.config = config
         self.source = source
-        self.labels = np.array([int(source[i]["label"]) for i in range(len(source))])
+        self.text_fields = tuple(text_fields)
         self._batch_sharding = parallel.batch_sharded(mesh)
         replicated = parallel.replicated(mesh)
         self._predict = jax.jit(
@@ -59,61 +71,72 @@ class Evaluator:
             out_shardings=replicated,
         )
 
-    def predict(self, params: Any, batch_stats: Any) -> np.ndarray:
-        """Probabilities [len(source), num_classes], row i for record i."""
+    def predict(self, params: Any, batch_stats: Any) -> Predictions:
+        """The network with these weights over every record of the source."""
         dataset = input_pipeline.create_eval_dataset(
             self.config,
             self.source,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            text_fields=self.text_fields,
         )
         probs = np.zeros((len(self.source), self.config.model.num_classes), np.float32)
+        labels = np.zeros(len(self.source), np.int64)
+        local_texts: dict[str, dict[int, str]] = {field: {} for field in self.text_fields}
         for local in dataset:
-            local = {key: local[key] for key in ("image", "index", "mask")}
-            local["index"] = local["index"].astype(np.int32)
+            mine = local["mask"]
+            for field in self.text_fields:
+                local_texts[field].update(
+                    zip(local["index"][mine].tolist(), local[field][mine], strict=True)
+                )
+            batch = {key: local[key] for key in _DEVICE_FIELDS}
+            batch["index"] = batch["index"].astype(np.int32)
             out = jax.device_get(
                 self._predict(
-                    (params, batch_stats), parallel.to_global(local, self._batch_sharding)
+                    (params, batch_stats), parallel.to_global(batch, self._batch_sharding)
                 )
             )
             valid = out["mask"]
             probs[out["index"][valid]] = out["probs"][valid]
-        return probs
+            labels[out["index"][valid]] = out["label"][valid]
+        return Predictions(probs, labels, self._all_texts(local_texts))
 
-    def sources(self) -> np.ndarray | None:
-        """The data source of each record, for the per-source spread of Table 5, if recorded."""
-        names = [_record_field(self.source, i, "source") for i in range(len(self.source))]
-        return np.array(names) if any(names) else None
+    def _all_texts(self, local_texts: dict[str, dict[int, str]]) -> dict[str, np.ndarray]:
+        """Each text field of every record, gathered from the processes that read them."""
+        texts = {}
+        for field, mine in local_texts.items():
+            values = [""] * len(self.source)
+            everyone = parallel.gather_from_processes([[i, str(t)] for i, t in mine.items()])
+            for pairs in everyone:
+                for index, text in pairs:
+                    values[index] = text
+            texts[field] = np.array(values)
+        return texts
 
-    def run(self, state: Any, step: int, workdir: str, writer) -> dict[str, Any]:
-        """Evaluates the EMA (or raw) weights and writes eval/step_<N>.json and scalars."""
-        use_ema = self.config.eval_with_ema
-        params = state.ema_params if use_ema else state.params
-        batch_stats = state.ema_batch_stats if use_ema else state.batch_stats
-        result = metrics.compute_all(self.labels, self.predict(params, batch_stats))
-        summary = {
-            "step": step,
-            "weights": "ema" if use_ema else "raw",
-            "accuracy": result["accuracy"],
-            "per_class_accuracy": dict(
-                zip(result["class_names"], result["per_class_accuracy"], strict=True)
-            ),
-            "confusion_matrix": result["confusion_matrix"],
-            "confusion_matrix_normalized": result["confusion_matrix_normalized"],
-            "auc": {name: roc["auc"] for name, roc in result["roc"].items()},
-            "num_examples": result["num_examples"],
-        }
-        if jax.process_index() == 0:
-            out_dir = epath.Path(workdir) / EVAL_DIR
-            out_dir.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(summary, indent=2)
-            (out_dir / f"step_{step}.json").write_text(text)
-            (out_dir / "latest.json").write_text(text)
-        scalars = {"eval_accuracy": summary["accuracy"]}
-        scalars |= {
-            f"eval_accuracy_{name}": value
-            for name, value in summary["per_class_accuracy"].items()
-            if value is not None
-        }
-        writer.write_scalars(step, scalars)
-        return summary
+
+def predict_model(
+    config: ml_collections.ConfigDict,
+    model: inception.InceptionV3,
+    source: Sequence[dict[str, Any]],
+    text_fields: Sequence[str] = (),
+) -> Predictions:
+    """`model` (with its current weights) over `source`, on all devices of all hosts."""
+    parallel.check_divisible(config.input.eval_batch_size, "eval_batch_size")
+    graphdef, params, batch_stats = inception.split_model(model)
+    split_evaluator = Evaluator(config, graphdef, source, parallel.create_mesh(), text_fields)
+    return split_evaluator.predict(params, batch_stats)
+
+
+def summary(predictions: Predictions) -> dict[str, Any]:
+    """The periodic evaluation's figures: accuracy, per-class accuracy, confusion matrices, AUCs."""
+    result = metrics.compute_all(predictions.labels, predictions.probs)
+    return {
+        "accuracy": result["accuracy"],
+        "per_class_accuracy": dict(
+            zip(result["class_names"], result["per_class_accuracy"], strict=True)
+        ),
+        "confusion_matrix": result["confusion_matrix"],
+        "confusion_matrix_normalized": result["confusion_matrix_normalized"],
+        "auc": {name: roc["auc"] for name, roc in result["roc"].items()},
+        "num_examples": result["num_examples"],
+    }

@@ -1,5 +1,6 @@
-"""What `classify` checks before it scores anything, so that a run never destroys an input,
-never fails only after all the work, and never scores with a model its workdir misdescribes.
+"""What `classify` checks before it scores anything, so that a run never destroys an input and
+never fails only after all the work. (That a checkpoint matches its workdir's config.json is
+checked by every loader: `runs.store.load`.)
 """
 
 from __future__ import annotations
@@ -7,9 +8,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-
-import jax
-from flax import nnx
 
 from marco_jax import cli
 from marco_jax.serving import csv_file
@@ -74,37 +72,3 @@ def probe_folder(folder: str, flag: str) -> None:
             f"{flag} {csv_file.display(folder)} cannot be written: {e.strerror or e} "
             "(checked before scoring; choose a writable folder)."
         ) from e
-
-
-def check_checkpoint_matches_config(model: nnx.Module, expected: nnx.Module, where: str) -> None:
-    """Refuses a checkpoint whose arrays do not have the shapes the workdir's config.json
-    describes (a config replaced after training, e.g. a 151 px config over a 599 px run).
-
-    `expected`: the config's network, abstract (`nnx.eval_shape`); `model`: the restored one.
-
-    Raises:
-      cli.ArgumentError: naming the first differing array and both shapes.
-    """
-    have = _shapes(model)
-    want = _shapes(expected)
-    for name in sorted(set(have) | set(want)):
-        if have.get(name) != want.get(name):
-            raise cli.ArgumentError(
-                f"{where}: the checkpoint does not match config.json: {name} has shape "
-                f"{_shape_text(have.get(name))} in the checkpoint but "
-                f"{_shape_text(want.get(name))} for the model config.json describes "
-                "(config.json was changed after training?). Restore the run's own config.json."
-            )
-
-
-def _shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
-    state = nnx.state(model, nnx.Param, nnx.BatchStat)
-    return {
-        jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
-        if hasattr(leaf, "shape")
-    }
-
-
-def _shape_text(shape: tuple[int, ...] | None) -> str:
-    return "absent" if shape is None else str(tuple(shape))

@@ -1,25 +1,20 @@
-"""Orbax checkpoints of a training run: model/optimizer state, progress and an integrity record.
+"""Writing a run's checkpoints, and resuming from the newest good one.
 
 One checkpoint holds everything a resumed run needs to continue exactly where the killed one
-stopped: the `TrainState` pytree and the early-stopping bookkeeping. The data position needs no
-item of its own: a step consumes one batch, so a run resumed at step s starts the train stream
-at batch s (`input_pipeline.create_train_dataset(start_batch=...)`), whatever the number of
-grain workers before and after. (Checkpoints of older versions also hold a `data` item, the
-grain iterator state; it is ignored.) The run's config is written as `config.json` beside the
-checkpoints, so evaluation, export and classification can rebuild the model from a workdir alone.
+stopped: the `TrainState` pytree and the early-stopping bookkeeping (the layout and its readers
+are `marco_jax.runs.store`). The data position needs no item of its own: a step consumes one
+batch, so a run resumed at step s starts the train stream at batch s
+(`input_pipeline.create_train_dataset(start_batch=...)`), whatever the number of grain workers
+before and after. (Checkpoints of older versions also hold a `data` item, the grain iterator
+state; it is ignored.)
 
-Integrity: a bit flipped on disk used to restore silently (momentum values of 3.7e30 with a
-finite loss), and the run then saved the contaminated state and deleted the last good one. So
+Integrity (`marco_jax.runs.integrity`): a bit flipped on disk used to restore silently, and the
+run then saved the contaminated state and deleted the last good one. So
   - a save refuses a state with a non-finite value (`NonFiniteStateError`);
-  - every checkpoint carries an `integrity` item: per leaf, its largest magnitude and a
-    position-weighted checksum of its bits (exact integer arithmetic on the device, so any
-    reduction order gives the same value);
-  - a restore recomputes both and compares; a checkpoint that fails, or cannot be read at all,
-    is moved aside to `checkpoints_rejected/` and the previous one is tried, with a warning
+  - every checkpoint carries an `integrity` item, the per-leaf record and `trained_for`;
+  - a restore recomputes the record and compares; a checkpoint that fails, or cannot be read at
+    all, is moved aside to `checkpoints_rejected/` and the previous one is tried, with a warning
     naming both; with none left, `CheckpointError` says what was wrong with each;
-  - the integrity item also records what the state was trained for (`trained_for`: the model
-    config and the input preprocessing), which shapes alone cannot tell (a 151 px config.json
-    over a 599 px checkpoint has the same arrays); inference loads compare it with config.json;
   - each checkpoint is read back and verified before the next one is written, and at least two
     are kept, so the preservation policy never deletes the newest verified checkpoint before a
     newer one has been verified.
@@ -32,31 +27,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import json
 import logging as std_logging
-import re
 import sys
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
 
-from marco_jax.data import preprocess
-from marco_jax.model import inception
+from marco_jax.runs import integrity, store
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
 REJECTED_DIR = "checkpoints_rejected"
-EVAL_METRIC = "accuracy"
-INTEGRITY_ITEM = "integrity"
-MIN_KEPT = 2  # the newest verified checkpoint survives while the next one is written
 SETTLE_POLLS, SETTLE_POLL_S = 5, 0.1  # after a failed restore (see _settle_failed_read)
 
 
@@ -66,152 +50,6 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteStateError(CheckpointError):
     """The state to be saved holds NaN or infinite values; it is not saved."""
-
-
-def create_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """Keeps the last max(`keep`, 2) checkpoints plus the best one by eval accuracy."""
-
-    def accuracy(metrics: dict[str, float]) -> float:
-        return metrics[EVAL_METRIC]
-
-    options = ocp.CheckpointManagerOptions(
-        best_fn=accuracy,  # also makes Orbax record each checkpoint's metrics
-        best_mode="max",
-        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
-            [
-                ocp.checkpoint_managers.LatestN(n=max(keep, MIN_KEPT)),
-                ocp.checkpoint_managers.BestN(
-                    get_metric_fn=accuracy, n=1, keep_checkpoints_without_metrics=False
-                ),
-            ]
-        ),
-        read_only=read_only,
-        create=not read_only,
-        # Leftovers of a process killed mid-save hold disk space; a writer holds the workdir lock.
-        cleanup_tmp_directories=not read_only,
-    )
-    # A reader knows the state's handler up front, so it can read its metadata before restoring.
-    handlers = {"state": ocp.StandardCheckpointHandler()} if read_only else None
-    return ocp.CheckpointManager(
-        epath.Path(workdir) / CHECKPOINT_DIR, options=options, item_handlers=handlers
-    )
-
-
-# ---------------------------------------------------------------------------- integrity
-
-
-def _words(x: jax.Array) -> jax.Array:
-    """The bits of `x` as a flat uint32 vector."""
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32).ravel()
-    unsigned = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
-    return unsigned.astype(jnp.uint32).ravel()
-
-
-def _leaf_record(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    words = _words(x)
-    weights = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1  # also catches swapped values
-    checksum = jnp.sum(words * weights, dtype=jnp.uint32)
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        finite = jnp.all(jnp.isfinite(x))
-        magnitude = jnp.max(jnp.abs(x)).astype(jnp.float32) if x.size else jnp.float32(0)
-    else:
-        finite, magnitude = jnp.bool_(True), jnp.float32(0)
-    return finite, magnitude, checksum
-
-
-_leaf_records = jax.jit(lambda leaves: [_leaf_record(x) for x in leaves])
-
-
-def state_record(state: Any) -> dict[str, dict[str, Any]]:
-    """{leaf path: {"finite", "max_abs", "checksum"}} of a state pytree, computed on device."""
-    paths_and_leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    leaves = [jnp.asarray(leaf) for _, leaf in paths_and_leaves]
-    records = jax.device_get(_leaf_records(leaves))
-    return {
-        jax.tree_util.keystr(path): {
-            "finite": bool(finite),
-            "max_abs": float(magnitude),
-            "checksum": int(checksum),
-        }
-        for (path, _), (finite, magnitude, checksum) in zip(paths_and_leaves, records, strict=True)
-    }
-
-
-def non_finite_leaves(record: dict[str, dict[str, Any]]) -> list[str]:
-    return [path for path, leaf in record.items() if not leaf["finite"]]
-
-
-def _describe(paths: list[str], limit: int = 3) -> str:
-    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
-    return ", ".join(paths[:limit]) + more
-
-
-def _by_name(record: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Keys reduced to their names ("params/Logits/kernel"), the same whether the state was a
-    TrainState (`.params['Logits']`) or the plain dict an inference restore gives."""
-    return {"/".join(re.findall(r"[^.\[\]'\"]+", key)): leaf for key, leaf in record.items()}
-
-
-def _verify(state: Any, saved: dict[str, Any] | None) -> None:
-    """Raises ValueError (one line) unless `state` is finite and matches its saved record."""
-    record = _by_name(state_record(state))
-    if bad := non_finite_leaves(record):
-        raise ValueError(f"non-finite values in {_describe(bad)}")
-    if saved is None:
-        return  # an older or imported checkpoint: finiteness is all that can be checked
-    leaves = _by_name(saved["leaves"])
-    if leaves.keys() != record.keys():
-        raise ValueError("its leaves differ from the state this config builds")
-    changed = [p for p in record if record[p]["checksum"] != leaves[p]["checksum"]]
-    if changed:
-        first = changed[0]
-        raise ValueError(
-            f"checksum mismatch in {_describe(changed)} (max |x| of {first} is "
-            f"{record[first]['max_abs']:.3g}, {leaves[first]['max_abs']:.3g} when saved)"
-        )
-
-
-def trained_for(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What a checkpoint's arrays mean: the network and the input transform it was trained on."""
-    return {
-        "model": config.model.to_dict(),
-        "preprocessing": preprocess.Preprocessing.from_config(config).to_metadata(),
-    }
-
-
-def check_trained_for(
-    config: ml_collections.ConfigDict, saved: dict[str, Any] | None, step: int
-) -> None:
-    """Raises ValueError naming each field where config.json and checkpoint `step` disagree."""
-    if saved is None or "trained_for" not in saved:
-        return  # an older or imported checkpoint: its shapes are all that can be checked
-    now, then = _flat(trained_for(config)), _flat(saved["trained_for"])
-    differing = [key for key in sorted(then) if now.get(key) != then[key]]
-    if differing:
-        fields = ", ".join(
-            f"{key} is {now.get(key)!r} there but was {then[key]!r}" for key in differing
-        )
-        raise ValueError(
-            f"config.json does not match checkpoint {step}, which was trained with other "
-            f"settings ({fields}); config.json was changed after training? Restore the run's "
-            "own config.json."
-        )
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
-# ---------------------------------------------------------------------------- save
 
 
 def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
@@ -299,7 +137,7 @@ class Saver:
 
     def __init__(self, manager: ocp.CheckpointManager, config: ml_collections.ConfigDict):
         self.manager = manager
-        self._trained_for = trained_for(config)
+        self._trained_for = integrity.trained_for(config)
         self._unverified: tuple[int, Any] | None = None  # (step, abstract state)
 
     def save(
@@ -309,10 +147,10 @@ class Saver:
         progress: dict[str, Any],
         metrics: dict[str, float] | None = None,
     ) -> None:
-        record = state_record(state)
-        if bad := non_finite_leaves(record):
+        record = integrity.state_record(state)
+        if bad := integrity.non_finite_leaves(record):
             raise NonFiniteStateError(
-                f"the state at step {step} holds non-finite values in {_describe(bad)}; "
+                f"the state at step {step} holds non-finite values in {integrity.describe(bad)}; "
                 "it was not saved."
             )
         self.finish()
@@ -326,7 +164,7 @@ class Saver:
                         state=ocp.args.StandardSave(state),
                         progress=ocp.args.JsonSave(progress),
                         **{
-                            INTEGRITY_ITEM: ocp.args.JsonSave(
+                            store.INTEGRITY_ITEM: ocp.args.JsonSave(
                                 {"leaves": record, "trained_for": self._trained_for}
                             )
                         },
@@ -381,12 +219,12 @@ def _restore_verified(
         "state": ocp.args.StandardRestore(abstract_state),
         "progress": ocp.args.JsonRestore(),
     }
-    has_record = _item_exists(manager, step, INTEGRITY_ITEM)
+    has_record = _item_exists(manager, step, store.INTEGRITY_ITEM)
     if has_record:
-        items[INTEGRITY_ITEM] = ocp.args.JsonRestore()
+        items[store.INTEGRITY_ITEM] = ocp.args.JsonRestore()
     with QuietOrbax():
         restored = manager.restore(step, args=ocp.args.Composite(**items))
-    _verify(restored.state, restored[INTEGRITY_ITEM] if has_record else None)
+    integrity.verify(restored.state, restored[store.INTEGRITY_ITEM] if has_record else None)
     return restored.state, dict(restored.progress or {})
 
 
@@ -462,111 +300,9 @@ def restore_latest(
     return state, progress
 
 
-# ---------------------------------------------------------------------------- config
-
-
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes config.json atomically (a kill mid-write leaves the previous one)."""
-    path = epath.Path(workdir) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (CONFIG_FILE + ".tmp")
-    tmp.write_text(config.to_json_best_effort(indent=2))
-    tmp.replace(path)
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: {workdir} is not a marco_jax training workdir "
-            "(train with `python -m marco_jax.main --workdir DIR` first)."
-        )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-# ---------------------------------------------------------------------------- inference
-
-
-def resolve_step(manager: ocp.CheckpointManager, checkpoint: str | int) -> int:
-    """Maps "best", "latest" or a step number to a saved step, with a clear error if absent."""
-    steps = manager.all_steps()
-    if not steps:
-        raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
-    if checkpoint == "latest":
-        return manager.latest_step()
-    if checkpoint == "best":
-        # No checkpoint carries eval metrics when a run stopped before its first evaluation.
-        return manager.best_step() or manager.latest_step()
-    step = int(checkpoint)
-    if step not in steps:
-        raise ValueError(f"No checkpoint for step {step} in {manager.directory}; saved: {steps}.")
-    return step
-
-
-def load_for_inference(
-    workdir: str, checkpoint: str | int = "best", use_ema: bool = True
-) -> tuple[ml_collections.ConfigDict, inception.InceptionV3, int]:
-    """Rebuilds the trained network from a workdir, with the EMA weights unless told otherwise.
-
-    Returns (config, model, step). The paper evaluates "a running average of the training model"
-    (section 3, "Training"), hence EMA by default. Raises FileNotFoundError or ValueError (one
-    line) for a missing workdir or step, a config.json that no longer describes the checkpoint
-    (`check_trained_for`), or a checkpoint whose values fail their integrity record.
-    """
-    config = read_config(workdir)
-    manager = create_manager(workdir, read_only=True)
-    step = resolve_step(manager, checkpoint)
-    saved = integrity_record(manager, step)
-    check_trained_for(config, saved, step)
-    restored = restore_on_this_host(manager, step)
-    manager.close()
-    try:
-        _verify(restored, saved)
-    except ValueError as e:
-        raise ValueError(
-            f"checkpoint {step} in {workdir} is corrupt ({e}); choose another with "
-            "--checkpoint, or restore the workdir from a backup."
-        ) from None
-    model = nnx.eval_shape(lambda: inception.create_model(config))
-    params = restored["ema_params" if use_ema else "params"]
-    batch_stats = restored["ema_batch_stats" if use_ema else "batch_stats"]
-    graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return config, nnx.merge(graphdef, params, batch_stats), step
-
-
-def restore_on_this_host(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-    """The saved TrainState as a dict of arrays on this host's first device.
-
-    Whatever topology saved it (8 GPUs, a TPU pod), a lab workstation can read it: the target
-    shardings come from the checkpoint's shapes, not from its recorded devices.
-    `manager` must come from `create_manager(..., read_only=True)`. Checkpoints holding only
-    `state` and `progress` (imported releases) are read as well as training checkpoints.
-    """
-    metadata = manager.item_metadata(step)["state"]
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata
-    )
-    return manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    ).state
-
-
-def integrity_record(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
-    """The integrity record saved with checkpoint `step` (None for older or imported ones)."""
-    path = manager.directory / str(step) / INTEGRITY_ITEM
-    files = [p for p in path.iterdir() if p.is_file()] if path.exists() else []
-    for file in files:
-        try:
-            return json.loads(file.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            continue
-    return None
-
-
 def verify_restored(state: Any, record: dict[str, Any] | None) -> None:
     """Raises CheckpointError unless a restored `state` is finite and matches `record`."""
     try:
-        _verify(state, record)
+        integrity.verify(state, record)
     except ValueError as e:
         raise CheckpointError(str(e)) from None

@@ -52,7 +52,7 @@ def learning_rate_schedule(
     train_image_classifier, except that epochs are converted to steps with round() rather than
     int(), so a fractional epoch length does not shift every boundary down. With
     `warmup_epochs > 0` the rate first ramps linearly from 0 to the base rate and the decay clock
-    starts when the ramp ends. The training loop calls this same function to log the rate.
+    starts when the ramp ends. The training step logs the rate from this same schedule.
     """
     opt = config.optimizer
     if steps_per_epoch < 1:
@@ -94,9 +94,10 @@ def _is_kernel(params: Any) -> Any:
 
 
 def create_optimizer(
-    config: ml_collections.ConfigDict, steps_per_epoch: int
+    config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-    """RMSProp exactly as TF1's `tf.train.RMSPropOptimizer` (see the module docstring).
+    """RMSProp exactly as TF1's `tf.train.RMSPropOptimizer` (see the module docstring), with
+    the learning rate of `schedule` (`learning_rate_schedule`).
 
     `config.optimizer.weight_decay > 0` adds decoupled weight decay on kernels
     (var -= lr_t * weight_decay * var each step, outside the RMS scaling and the momentum, as in
@@ -113,7 +114,6 @@ def create_optimizer(
     l2 = float(opt.get("l2_regularization", 0.0))
     if l2 < 0:
         raise ValueError(f"config.optimizer.l2_regularization={l2} must be >= 0.")
-    schedule = learning_rate_schedule(config, steps_per_epoch)
     rmsprop = optax.rmsprop(
         learning_rate=schedule,
         decay=opt.rmsprop_decay,

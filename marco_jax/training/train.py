@@ -1,13 +1,14 @@
 """Training and periodic evaluation of the MARCO classifier (paper section 3, "Training").
 
 `train_and_evaluate(config, workdir)` is the whole job; `python -m marco_jax.main` is a thin
-wrapper around it. Steps are pure functions of an explicit `TrainState` pytree, jitted once with
-the state replicated and the batch split over all devices of all hosts (`marco_jax.parallel`).
+wrapper around it. The step (`marco_jax.training.step`) is a pure function of an explicit
+`TrainState` pytree, jitted once with the state replicated and the batch split over all devices
+of all hosts (`marco_jax.parallel`). Periodic evaluations are written to eval/step_<N>.json and
+eval/latest.json, and as scalars.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from typing import Any
@@ -16,121 +17,30 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
-from flax import nnx, struct
 
 from marco_jax import parallel
-from marco_jax.data import augment, input_pipeline
+from marco_jax.data import input_pipeline
 from marco_jax.evaluation import evaluator
 from marco_jax.model import inception
-from marco_jax.runs import lock
-from marco_jax.training import checkpoints, config_checks, optim, warm_start
+from marco_jax.runs import lock, store
+from marco_jax.training import checkpoints, config_checks, warm_start
+from marco_jax.training import step as train_step
 
 # How a run ended (`train_and_evaluate(...)["status"]`); main maps them to exit codes.
 FINISHED = "finished"  # the step budget is reached
 EARLY_STOPPED = "early_stopped"  # config.early_stopping_patience evaluations without a new best
 PREEMPTED = "preempted"  # SIGTERM or the multi-host preemption service: saved, resume by relaunch
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
+EVAL_DIR = "eval"
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or the updated state became NaN or infinite; the message names the last
     checkpoint, which a save verified finite (saves refuse non-finite states), or says that
     there is none."""
-
-
-@struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: optax.OptState
-    # The paper evaluates "a running average of the training model" (section 3). Like TF-slim,
-    # the BatchNorm statistics are averaged along with the weights.
-    ema_params: Any
-    ema_batch_stats: Any
-    rng: jax.Array
-
-
-def create_train_state(
-    model: inception.InceptionV3, tx: optax.GradientTransformation, seed: int
-) -> tuple[nnx.GraphDef, TrainState]:
-    graphdef, params, batch_stats = inception.split_model(model)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        # Copies: the jitted step donates the state, and a buffer cannot be donated twice.
-        ema_params=jax.tree.map(jnp.copy, params),
-        ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
-        rng=jax.random.PRNGKey(seed),
-    )
-    return graphdef, state
-
-
-def _cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-    return optax.softmax_cross_entropy(logits, targets).mean()
-
-
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    *,
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    learning_rate: optax.Schedule,
-    config: ml_collections.ConfigDict,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on a global batch of uint8 images, augmented here on the device."""
-    augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    images = augment.to_model_input(
-        augment.distort_color(augment_key, batch["image"], config.input)
-    )
-    labels = batch["label"]
-    opt = config.optimizer
-
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params, state.batch_stats)
-        outputs = model(images, train=True, dropout_key=dropout_key)
-        logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
-        loss = _cross_entropy(logits, labels, opt.label_smoothing)
-        if aux_logits is not None:
-            loss += config.model.aux_loss_weight * _cross_entropy(
-                aux_logits, labels, opt.label_smoothing
-            )
-        return loss, (logits, nnx.state(model, nnx.BatchStat).to_pure_dict())
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = optim.ema_decay_at(state.step, opt.ema_decay, opt.ema_warmup)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=opt_state,
-        ema_params=optim.ema_update(state.ema_params, params, decay),
-        ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, decay),
-    )
-    metrics = {
-        # The loss predates this update; a diverging update shows only in the new state.
-        "state_finite": _all_finite((params, opt_state, batch_stats)),
-        "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-        "grad_norm": optax.global_norm(grads),
-        "learning_rate": learning_rate(state.step),
-    }
-    return new_state, metrics
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def _num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -180,6 +90,35 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
     }
 
 
+def _evaluate(
+    split_evaluator: evaluator.Evaluator,
+    state: train_step.TrainState,
+    step: int,
+    workdir: str,
+    writer: metric_writers.MetricWriter,
+) -> dict[str, Any]:
+    """Evaluates the EMA (or raw, `config.eval_with_ema`) weights; writes eval/step_<N>.json,
+    eval/latest.json (process 0) and the accuracies as scalars."""
+    use_ema = split_evaluator.config.eval_with_ema
+    predictions = split_evaluator.predict(*store.chosen_weights(state, use_ema))
+    summary = {"step": step, "weights": "ema" if use_ema else "raw"}
+    summary |= evaluator.summary(predictions)
+    if jax.process_index() == 0:
+        out_dir = epath.Path(workdir) / EVAL_DIR
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(summary, indent=2)
+        (out_dir / f"step_{step}.json").write_text(text)
+        (out_dir / "latest.json").write_text(text)
+    scalars = {"eval_accuracy": summary["accuracy"]}
+    scalars |= {
+        f"eval_accuracy_{name}": value
+        for name, value in summary["per_class_accuracy"].items()
+        if value is not None
+    }
+    writer.write_scalars(step, scalars)
+    return summary
+
+
 def _new_progress() -> dict[str, Any]:
     return {"best_accuracy": -1.0, "best_step": -1, "evals_since_best": 0}
 
@@ -203,8 +142,8 @@ def _stored_changes(
     Raises ConfigError, one line naming the fields, for changes that alter the network or the
     training batches: the checkpoints belong to the stored config.
     """
-    path = epath.Path(workdir) / checkpoints.CONFIG_FILE
-    trained = epath.Path(workdir) / checkpoints.CHECKPOINT_DIR
+    path = epath.Path(workdir) / store.CONFIG_FILE
+    trained = epath.Path(workdir) / store.CHECKPOINT_DIR
     if not path.exists() or not (
         trained.exists() and any(p.name.isdigit() for p in trained.iterdir())
     ):
@@ -245,7 +184,7 @@ def _record_config(
         entry = {"step": step, "time": time.time(), "changes": changes}
         with (epath.Path(workdir) / CONFIG_CHANGES_FILE).open("a") as f:
             f.write(json.dumps(entry, default=str) + "\n")
-    checkpoints.write_config(workdir, config)
+    store.write_config(workdir, config)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -280,14 +219,12 @@ def _train_and_evaluate(
     steps_per_epoch = max(1, len(train_source) // config.input.global_batch_size)
     num_steps = _num_train_steps(config, steps_per_epoch)
 
-    tx = optim.create_optimizer(config, steps_per_epoch)
-    learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)
-    graphdef, state = create_train_state(model, tx, config.seed)
     mesh = parallel.create_mesh()
-    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    state = jax.device_put(state, replicated)
+    graphdef, state, p_train_step = train_step.create(config, model, steps_per_epoch, mesh)
+    batch_sharding = parallel.batch_sharded(mesh)
+    state = jax.device_put(state, parallel.replicated(mesh))
 
-    manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+    manager = store.create_manager(workdir, config.keep_checkpoints)
     saver = checkpoints.Saver(manager, config)
     progress = _new_progress()
     restored = checkpoints.restore_latest(manager, state)
@@ -309,14 +246,6 @@ def _train_and_evaluate(
             periodic_actions.Profile(num_profile_steps=config.profile_steps, logdir=workdir)
         )
 
-    p_train_step = jax.jit(
-        functools.partial(
-            train_step, graphdef=graphdef, tx=tx, learning_rate=learning_rate, config=config
-        ),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
     eval_split = evaluator.Evaluator(config, graphdef, eval_source, mesh)
     preemption = parallel.PreemptionWatcher()
     status = EARLY_STOPPED if _early_stopped(config, progress) else FINISHED
@@ -364,7 +293,7 @@ def _train_and_evaluate(
                 writer.write_scalars(step, summary)
                 history, last_log = [], (step, time.perf_counter())
             if is_eval:
-                eval_metrics = eval_split.run(state, step, workdir, writer)
+                eval_metrics = _evaluate(eval_split, state, step, workdir, writer)
                 progress = _update_progress(progress, step, eval_metrics["accuracy"])
             preempted = preemption.should_stop(step)
             early = _early_stopped(config, progress)
@@ -381,7 +310,7 @@ def _train_and_evaluate(
             saver.save(step, state, progress)  # a finished run is saved as finished
         saver.finish()
         if not eval_metrics:  # the run had already finished or stopped: report where it stands
-            eval_metrics = eval_split.run(state, step, workdir, writer)
+            eval_metrics = _evaluate(eval_split, state, step, workdir, writer)
     finally:
         preemption.close()
         if train_iter is not None and hasattr(train_iter, "close"):

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from marco_jax.model import inception, release
-from marco_jax.training import checkpoints
+from marco_jax.runs import store
 
 HEADS = ("Logits", "AuxLogits")
 RELEASE_IMAGE_SIZE = 599
@@ -40,12 +40,13 @@ def _source_weights(source: str, config: ml_collections.ConfigDict) -> dict[str,
         release.load_into(donor, release.read_variables(path))
         _, params, batch_stats = nnx.split(donor, nnx.Param, nnx.BatchStat)
         return {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}
-    if (path / checkpoints.CONFIG_FILE).is_file():
-        manager = checkpoints.create_manager(source, read_only=True)
-        step = checkpoints.resolve_step(manager, "best")
-        state = checkpoints.restore_on_this_host(manager, step)
+    if (path / store.CONFIG_FILE).is_file():
+        manager = store.create_manager(source, read_only=True)
+        step = store.resolve_step(manager, "best")
+        state = store.restore_on_this_host(manager, step)
         manager.close()
-        return {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"]}
+        params, batch_stats = store.chosen_weights(state, use_ema=True)
+        return {"params": params, "batch_stats": batch_stats}
     raise ValueError(
         f"config.init_from={source!r} is neither a release directory (saved_model.pb + "
         "variables/) nor a marco_jax workdir (config.json + checkpoints/)."

@@ -1,0 +1,41 @@
+"""The network's input convention and its eval-mode probabilities: the one predict function.
+
+Evaluation, scoring (`classify`), the benchmarks and the tests all predict through
+`probabilities`, so a change to the input convention or the output head reaches all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from marco_jax.model import inception
+
+
+def to_model_input(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] or float [0, 1] images -> float32 in [-1, 1], the Inception convention
+    (TF-slim's inception_preprocessing: subtract 0.5, multiply by 2)."""
+    x = images.astype(jnp.float32)
+    if images.dtype == jnp.uint8:
+        x = x / 255.0
+    return x * 2.0 - 1.0
+
+
+def probabilities(graphdef: nnx.GraphDef, weights: tuple[Any, ...], images: jax.Array) -> jax.Array:
+    """Softmax over the classes of the eval-mode network (BatchNorm on its moving statistics,
+    no dropout) rebuilt from `graphdef` and `weights` (e.g. params and batch_stats)."""
+    logits = nnx.merge(graphdef, *weights)(to_model_input(images), train=False)
+    return jax.nn.softmax(logits)
+
+
+def predict_fn(model: inception.InceptionV3) -> Callable[[np.ndarray], np.ndarray]:
+    """Host images [N, S, S, 3] -> numpy probabilities [N, classes] with `model`'s current
+    weights, jitted (one compilation per batch shape)."""
+    graphdef, *weights = inception.split_model(model)
+    jitted = jax.jit(lambda weights, images: probabilities(graphdef, weights, images))
+    return lambda images: np.asarray(jitted(tuple(weights), images))
