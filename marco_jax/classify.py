@@ -178,7 +178,9 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
             checks.probe_folder(fv.saliency, "--saliency")
         model = None  # the NNX network, for saliency
         if fv.workdir is not None:
-            loaded = cli.load_checkpoint(fv.workdir, fv.checkpoint, use_ema=not fv.raw_weights)
+            from marco_jax.runs import store  # Orbax and JAX: only a checkpoint needs them
+
+            loaded = store.load(fv.workdir, fv.checkpoint, use_ema=not fv.raw_weights)
             model, predictor = loaded.model, predictors.checkpoint_predictor(loaded)
         else:
             predictor = predictors.exported_predictor(fv.model)

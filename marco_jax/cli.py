@@ -5,7 +5,7 @@ Every command module has `define_flags(fv)`, `main(argv, fv) -> exit code or Non
 (= `cli.run(main, define_flags)`), so that a test runs it on a private `flags.FlagValues`. The
 flags that name a run mean the same everywhere: `--workdir DIR` (a training workdir) and, where a
 checkpoint is read, `--checkpoint best|latest|STEP` and `--raw_weights`, parsed by
-`parse_checkpoint` and loaded by `load_checkpoint` with the same errors in every command.
+`parse_checkpoint` and loaded by `runs.store.load`, with the same errors in every command.
 
 A wrong argument (a workdir without checkpoints, an unknown step, a bad flag) ends the run with
 EXIT_USAGE and one line naming the fault, never with a traceback: the user has to fix the
@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from absl import app, flags
-
-if TYPE_CHECKING:
-    from marco_jax.runs import store
 
 EXIT_USAGE = 2  # as argparse's; serving.engine's EXIT_SOME_FAILED (3) keeps clear of it
 CHECKPOINT_NAMES = ("best", "latest")
@@ -49,43 +46,14 @@ def define_workdir_flag(
 
 
 def define_checkpoint_flags(fv: flags.FlagValues, weights_help: str = "the raw weights") -> None:
-    """--checkpoint (checked while the flags are parsed: a bad value exits 2 at once) and
-    --raw_weights, for commands that read a workdir's checkpoint."""
+    """--checkpoint and --raw_weights, for commands that read a workdir's checkpoint (the value is
+    parsed where it is used, by `runs.store.load`, so every command reports it alike)."""
     flags.DEFINE_string(
         "checkpoint", "best", "Which checkpoint: best, latest or a step number.", flag_values=fv
-    )
-    flags.register_validator(
-        "checkpoint",
-        _is_checkpoint,
-        message="--checkpoint must be 'best', 'latest' or a step number",
-        flag_values=fv,
     )
     flags.DEFINE_bool(
         "raw_weights", False, f"Use {weights_help} instead of their EMA.", flag_values=fv
     )
-
-
-def _is_checkpoint(text: str) -> bool:
-    try:
-        parse_checkpoint(text)
-    except ArgumentError:
-        return False
-    return True
-
-
-def load_checkpoint(
-    workdir: str, checkpoint: str = "best", use_ema: bool = True, data_dir: str | None = None
-) -> store.Loaded:
-    """`store.load` with the selector parsed here and every wrong input as ArgumentError.
-
-    The store (Orbax, Flax) is imported only now: scoring an export never needs it.
-    """
-    from marco_jax.runs import store
-
-    try:
-        return store.load(workdir, parse_checkpoint(checkpoint), use_ema, data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise ArgumentError(str(e)) from e
 
 
 def check_no_positional(argv: Sequence[str]) -> None:

@@ -78,7 +78,7 @@ def evaluate(
     """
     if crystal_threshold is not None and not 0.0 <= crystal_threshold <= 1.0:
         raise cli.ArgumentError(f"crystal_threshold must lie in [0, 1], got {crystal_threshold}.")
-    loaded = cli.load_checkpoint(workdir, checkpoint, use_ema, data_dir)
+    loaded = store.load(workdir, checkpoint, use_ema, data_dir)
     try:
         source = input_pipeline.open_tfds_source(loaded.config, split)
     except ValueError as e:  # TFDS: "Unknown split 'x'. Should be one of ['train', 'test']."

@@ -22,8 +22,13 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory) -> pathlib.Path:
-    """One TFDS data_dir per test session, so generated datasets are built once."""
-    return tmp_path_factory.mktemp("tensorflow_datasets")
+    """One TFDS data_dir per test session, so generated datasets are built once; configs/ci.py's
+    dataset is built already, so that the processes a test starts never race to build it."""
+    from tfds_marco.marco import build
+
+    data_dir = tmp_path_factory.mktemp("tensorflow_datasets")
+    build(load_config("ci").dataset.config_name, data_dir=str(data_dir))
+    return data_dir
 
 
 @pytest.fixture(scope="session")

@@ -44,8 +44,7 @@ def _fake_predict(images: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-@pytest.fixture
-def fake_model(monkeypatch):
+def _use_fake_model(monkeypatch) -> list[int]:
     """--model=<anything> runs `_fake_predict`; the list records every batch it saw."""
     calls = []
 
@@ -86,7 +85,8 @@ def _last_error(capsys) -> str:
 
 
 # ----------------------------------------------------------------------------- item 1
-def test_non_utf8_name_is_scored_and_its_path_read_back_exactly(fake_model, tmp_path, capsys):
+def test_non_utf8_name_is_scored_and_its_path_read_back_exactly(monkeypatch, tmp_path, capsys):
+    _use_fake_model(monkeypatch)
     folder = tmp_path / "d1"
     folder.mkdir()
     _jpeg(folder / "a.jpg")
@@ -102,7 +102,8 @@ def test_non_utf8_name_is_scored_and_its_path_read_back_exactly(fake_model, tmp_
 
 
 # ----------------------------------------------------------------------------- item 2
-def test_output_naming_an_input_is_refused_and_the_photograph_kept(fake_model, tmp_path, capsys):
+def test_output_naming_an_input_is_refused_and_the_photograph_kept(monkeypatch, tmp_path, capsys):
+    _use_fake_model(monkeypatch)
     photo = _jpeg(tmp_path / "v.jpg")
     before = photo.read_bytes()
     assert _classify(photo, f"--output={photo}") == cli.EXIT_USAGE
@@ -125,7 +126,8 @@ def test_output_naming_an_input_is_refused_and_the_photograph_kept(fake_model, t
 
 
 # ----------------------------------------------------------------------------- item 3
-def test_truncated_jpeg_with_eoi_is_an_error_row(fake_model, tmp_path, capsys):
+def test_truncated_jpeg_with_eoi_is_an_error_row(monkeypatch, tmp_path, capsys):
+    _use_fake_model(monkeypatch)
     data = (_jpeg(tmp_path / "whole.jpg")).read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")
     out = tmp_path / "s.csv"
@@ -138,7 +140,8 @@ def test_truncated_jpeg_with_eoi_is_an_error_row(fake_model, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- item 4
-def test_unwritable_output_fails_at_start_with_exit_2(fake_model, tmp_path, capsys):
+def test_unwritable_output_fails_at_start_with_exit_2(monkeypatch, tmp_path, capsys):
+    batches = _use_fake_model(monkeypatch)
     photo = _jpeg(tmp_path / "a.jpg")
     assert _classify(photo, "--output=/dev/full") == cli.EXIT_USAGE
     assert _last_error(capsys) == (
@@ -147,7 +150,7 @@ def test_unwritable_output_fails_at_start_with_exit_2(fake_model, tmp_path, caps
     )
     assert _classify(photo, "--output=/sys/scores.csv") == cli.EXIT_USAGE  # EACCES, even as root
     assert _last_error(capsys).startswith("error: cannot write --output /sys/scores.csv: ")
-    assert fake_model == []  # nothing was scored
+    assert batches == []  # nothing was scored
 
 
 @contextlib.contextmanager
@@ -161,7 +164,8 @@ def _immutable(path: Path):
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
-def test_immutable_output_folder_or_file_fails_at_start(fake_model, tmp_path, capsys):
+def test_immutable_output_folder_or_file_fails_at_start(monkeypatch, tmp_path, capsys):
+    batches = _use_fake_model(monkeypatch)
     photo = _jpeg(tmp_path / "a.jpg")
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -173,7 +177,7 @@ def test_immutable_output_folder_or_file_fails_at_start(fake_model, tmp_path, ca
     with _immutable(old):
         assert _classify(photo, f"--output={old}") == cli.EXIT_USAGE
         assert "cannot write --output" in _last_error(capsys)
-    assert old.read_text() == "previous run\n" and fake_model == []
+    assert old.read_text() == "previous run\n" and batches == []
 
 
 def test_unwritable_saliency_folder_fails_at_start(tmp_path, capsys):
@@ -195,7 +199,8 @@ def _classify_checkpoint(*args) -> int:
         return e.code
 
 
-def test_disk_error_mid_run_keeps_the_finished_rows(fake_model, tmp_path, monkeypatch, capsys):
+def test_disk_error_mid_run_keeps_the_finished_rows(monkeypatch, tmp_path, capsys):
+    _use_fake_model(monkeypatch)
     for i in range(5):
         _jpeg(tmp_path / f"{i}.jpg", seed=i)
     write = csv_file.CsvSink.write
@@ -306,7 +311,8 @@ def test_path_cells_round_trip_and_are_never_formulas():
     assert csv_file.text_cell("=cmd") == "'=cmd" and csv_file.text_cell("ok") == "ok"
 
 
-def test_cr_and_formula_names_give_one_row_each_and_read_back(fake_model, tmp_path):
+def test_cr_and_formula_names_give_one_row_each_and_read_back(monkeypatch, tmp_path):
+    _use_fake_model(monkeypatch)
     folder = tmp_path / "plate"
     folder.mkdir()
     names = [n for n in NASTY_NAMES if "/" not in n and not n.startswith("'")]
@@ -362,7 +368,8 @@ def test_workdir_config_not_matching_its_checkpoint_is_refused(trained_workdir, 
 
 
 # ----------------------------------------------------------------------------- item 8
-def test_empty_list_is_exit_3_like_an_empty_folder(fake_model, tmp_path, capsys):
+def test_empty_list_is_exit_3_like_an_empty_folder(monkeypatch, tmp_path, capsys):
+    _use_fake_model(monkeypatch)
     (tmp_path / "empty.txt").write_text("\n# nothing\n")
     (tmp_path / "empty").mkdir()
     for target in ("empty.txt", "empty"):
@@ -376,7 +383,8 @@ def test_empty_list_is_exit_3_like_an_empty_folder(fake_model, tmp_path, capsys)
         assert capsys.readouterr().out.splitlines()[-1] == "scored 0, failed 1, skipped 0"
 
 
-def test_skipped_folder_entries_are_counted_in_the_summary(fake_model, tmp_path, capsys):
+def test_skipped_folder_entries_are_counted_in_the_summary(monkeypatch, tmp_path, capsys):
+    _use_fake_model(monkeypatch)
     folder = tmp_path / "plate"
     folder.mkdir()
     for name in ["a.jpg", "b.jfif", "c.jpe", "d.jpg "]:
@@ -389,7 +397,8 @@ def test_skipped_folder_entries_are_counted_in_the_summary(fake_model, tmp_path,
     )
 
 
-def test_max_megapixels_flag_raises_the_limit(fake_model, tmp_path, capsys):
+def test_max_megapixels_flag_raises_the_limit(monkeypatch, tmp_path, capsys):
+    _use_fake_model(monkeypatch)
     photo = _jpeg(tmp_path / "a.jpg")  # 768 pixels
     out = tmp_path / "s.csv"
     assert _classify(photo, f"--output={out}", "--max_megapixels=0.0005") == 3

@@ -85,9 +85,7 @@ def test_rerun_of_a_finished_workdir_does_not_train_again(trained_workdir, tfds_
     assert store.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
 
 
-def test_killed_run_resumes_bit_identical(
-    trained_workdir, tfds_data_dir, tmp_path, tmp_path_factory
-):
+def test_killed_run_resumes_bit_identical(tfds_data_dir, tmp_path, tmp_path_factory):
     env = _env(tmp_path_factory)
     overrides = ("--config.num_train_steps=10", "--config.checkpoint_every_steps=2")
     reference = tmp_path / "reference"
@@ -110,9 +108,7 @@ def test_killed_run_resumes_bit_identical(
     _assert_trees_equal(state_a, state_b)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits(
-    trained_workdir, tfds_data_dir, tmp_path, tmp_path_factory
-):
+def test_sigterm_saves_a_checkpoint_and_exits(tfds_data_dir, tmp_path, tmp_path_factory):
     workdir = tmp_path / "preempted"
     overrides = ("--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000")
     process = subprocess.Popen(
@@ -148,7 +144,7 @@ def _assert_same_training(reference: dict, other: dict) -> None:
 
 
 def test_eight_devices_and_two_processes_match_one_device(
-    trained_workdir, tfds_data_dir, tmp_path, tmp_path_factory
+    tfds_data_dir, tmp_path, tmp_path_factory
 ):
     """Same global batches, same training: data parallelism must not change the result.
 
@@ -190,9 +186,7 @@ def test_eight_devices_and_two_processes_match_one_device(
     _assert_same_training(state1, state2)
 
 
-def test_one_real_step_on_eight_devices_matches_one_device(
-    trained_workdir, tfds_data_dir, tmp_path_factory
-):
+def test_one_real_step_on_eight_devices_matches_one_device(tfds_data_dir, tmp_path_factory):
     """A real update (the ci config's learning rate) on a real augmented batch, 8 devices vs 1.
 
     Loss (5e-7 relative) and gradient norm (8e-4) agree to float32 rounding, measured. The update

@@ -162,7 +162,7 @@ def test_garbage_checkpoint_metadata_alone_still_restores_verified_state(workdir
     assert int(state.step) == 6
 
 
-def test_stray_empty_step_directory_is_set_aside(workdir, tfds_data_dir, caplog):
+def test_stray_empty_step_directory_is_set_aside(workdir, tfds_data_dir):
     config = ci_config(tfds_data_dir)
     (workdir / "checkpoints" / "40").mkdir()
     state, _ = _restore(workdir, config)

@@ -24,6 +24,7 @@ from marco_jax import cli
 from marco_jax.data import input_pipeline, preprocess
 from marco_jax.evaluation import evaluator
 from marco_jax.labels import CLASS_NAMES
+from marco_jax.runs import store
 
 # Section 2, "Relabeling": "the 5% of the images that were most in disagreement with the
 # classifier ... were relabeled by one expert".
@@ -248,7 +249,7 @@ def find_candidates(
     """Step 1 of the module docstring; returns {"csv": path, "html": page paths, "candidates",
     "num_scored"} (no files from the other processes of a multi-host job)."""
     _check_positive(fraction=fraction, page_size=page_size, thumbnail_size=thumbnail_size)
-    loaded = cli.load_checkpoint(workdir, checkpoint, use_ema, data_dir)
+    loaded = store.load(workdir, checkpoint, use_ema, data_dir)
     try:
         records = SplitRecords(
             {s: input_pipeline.open_tfds_source(loaded.config, s) for s in splits}

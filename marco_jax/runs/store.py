@@ -7,8 +7,8 @@ pytree as `state`, the early-stopping bookkeeping as `progress`, and the `integr
 names the layout and reads it, so that serving and evaluation never load the training stack.
 
 `load` is the one way to get a trained network out of a workdir: the step chosen by "best",
-"latest" or a number (the commands parse it with `cli.parse_checkpoint`), verified against its
-integrity record, with the EMA weights unless told otherwise (`chosen_weights`).
+"latest" or a number (`cli.parse_checkpoint`, the one parser of `--checkpoint`), verified against
+its integrity record, with the EMA weights unless told otherwise (`chosen_weights`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from marco_jax import cli
 from marco_jax.model import inception
 from marco_jax.runs import integrity
 
@@ -157,14 +158,24 @@ def load(
     use_ema: bool = True,
     data_dir: str | None = None,
 ) -> Loaded:
-    """The trained network of `workdir` at `checkpoint` ("best", "latest" or a step number).
+    """The trained network of `workdir` at `checkpoint` ("best", "latest" or a step number, as
+    `--checkpoint` takes it), with the EMA weights unless `use_ema` is False.
 
     data_dir replaces config.dataset.data_dir (a dataset built elsewhere than during training).
-    Raises FileNotFoundError or ValueError (one line) for a missing workdir or step, a
-    config.json that no longer describes the checkpoint (`integrity.check_trained_for`, or
-    `integrity.check_shapes` where the checkpoint has no record of it), or a checkpoint whose
-    values fail their integrity record.
+
+    Raises:
+      cli.ArgumentError: one line, for a bad selector, a missing workdir or step, a config.json
+        that no longer describes the checkpoint (`integrity.check_trained_for`, or
+        `integrity.check_shapes` where the checkpoint has no record of it), or a checkpoint
+        whose values fail their integrity record.
     """
+    try:
+        return _load(workdir, cli.parse_checkpoint(checkpoint), use_ema, data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise cli.ArgumentError(str(e)) from e
+
+
+def _load(workdir: str, checkpoint: str | int, use_ema: bool, data_dir: str | None) -> Loaded:
     config = read_config(workdir)
     manager = create_manager(workdir, read_only=True)
     step = resolve_step(manager, checkpoint)
