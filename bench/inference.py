@@ -5,9 +5,10 @@
       [--config.model.depth_multiplier=0.1 --config.model.image_size=151]   # a quick run
 
 Why: lab workstations score plates on a CPU, where XLA's convolutions are slow next to the
-kernels TensorFlow (oneDNN), TFLite (XNNPACK) and ONNX Runtime (MLAS) use; `marco_jax.export`
-exists for that gap, and this measures it. Weights are random (speed does not depend on them);
-the JAX path is the jitted eval-mode network plus softmax on uint8 images, like the exports.
+kernels TensorFlow (oneDNN), TFLite (XNNPACK) and ONNX Runtime (MLAS) use;
+`marco_jax.serving.export` exists for that gap, and this measures it. Weights are random (speed
+does not depend on them); the JAX path is the jitted eval-mode network plus softmax on uint8
+images, like the exports.
 
 For every path and batch size: one warm-up call (compilation / allocation), then timed calls
 until both --min_runs calls and --seconds_per_size seconds are done, or --max_runs calls: big
@@ -41,9 +42,9 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from marco_jax import export
 from marco_jax.data import augment
 from marco_jax.model import inception
+from marco_jax.serving import export
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PATHS = ("jax", *export.FORMATS)

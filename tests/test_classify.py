@@ -147,7 +147,7 @@ def test_all_good_exits_zero_and_writes_heat_maps(trained_workdir, good_folder, 
 
 
 def test_exported_model_scores_like_the_checkpoint(trained_workdir, good_folder, tmp_path):
-    export = pytest.importorskip("marco_jax.export")
+    export = pytest.importorskip("marco_jax.serving.export")
     config, model, _ = checkpoints.load_for_inference(str(trained_workdir), "latest")
     onnx = export.export_model(model, config, tmp_path / "export", "onnx")
     by_jax, by_onnx, by_onnx_tta = (tmp_path / f"{name}.csv" for name in ("jax", "onnx", "tta"))

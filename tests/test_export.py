@@ -16,10 +16,13 @@ from flax import nnx
 from helpers import REPO
 from PIL import Image
 
-from marco_jax import cli, export
+from marco_jax import cli
 from marco_jax.data import augment, preprocess
+from marco_jax.export import export_from_workdir
 from marco_jax.labels import CLASS_NAMES
 from marco_jax.model import inception
+from marco_jax.serving import export
+from marco_jax.serving.export import tf_graph
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("onnxruntime")
@@ -179,7 +182,7 @@ def test_saved_model_bytes_signature_matches_jax_on_encoded_files(tiny_config, t
 def test_tf_center_crop_and_resize_is_pillow_exact(height, width, size, central_fraction):
     image = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
     expected = preprocess.center_crop_and_resize(image, size, central_fraction)
-    got = export.tf_center_crop_and_resize(tf.constant(image), size, central_fraction)
+    got = tf_graph.tf_center_crop_and_resize(tf.constant(image), size, central_fraction)
     np.testing.assert_array_equal(got.numpy(), expected)
 
 
@@ -197,7 +200,7 @@ def test_tf_center_crop_and_resize_is_pillow_exact(height, width, size, central_
 def test_tf_decode_gives_pillows_pixels(fmt, options, channels):
     image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     data = _encoded(image[..., 0] if channels == 1 else image, fmt, **options)
-    got = export.tf_decode_image(tf.constant(data)).numpy()
+    got = tf_graph.tf_decode_image(tf.constant(data)).numpy()
     np.testing.assert_array_equal(got, preprocess.decode_image(data))
 
 
@@ -246,15 +249,15 @@ def test_export_from_workdir_loads_the_requested_checkpoint(tiny_config, tmp_pat
         return tiny_config, model, 1200
 
     monkeypatch.setattr(checkpoints, "load_for_inference", load_for_inference)
-    path = export.export_from_workdir(str(tmp_path), "onnx", checkpoint="1200", raw_weights=True)
+    path = export_from_workdir(str(tmp_path), "onnx", checkpoint="1200", raw_weights=True)
     assert calls == [(str(tmp_path), 1200, False)]
     assert path == tmp_path / "export" / "marco.onnx"
     provenance = export.load_exported(path).provenance
     assert provenance == {"workdir": str(tmp_path), "step": 1200, "weights": "raw"}
-    export.export_from_workdir(str(tmp_path), "onnx", out=str(tmp_path / "o"))
+    export_from_workdir(str(tmp_path), "onnx", out=str(tmp_path / "o"))
     assert calls[-1] == (str(tmp_path), "best", True)
     with pytest.raises(cli.ArgumentError, match="checkpoint 'newest' is neither"):
-        export.export_from_workdir(str(tmp_path), "onnx", checkpoint="newest")
+        export_from_workdir(str(tmp_path), "onnx", checkpoint="newest")
 
 
 def test_export_command_exports_the_ema_weights_of_a_trained_run(trained_workdir, tmp_path):

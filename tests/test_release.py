@@ -20,9 +20,11 @@ from absl import flags
 from flax import nnx
 from helpers import REPO, load_config
 
-from marco_jax import classify, export
+from marco_jax import classify
+from marco_jax.export import export_from_workdir
 from marco_jax.labels import CLASS_NAMES
 from marco_jax.model import inception, release
+from marco_jax.serving import export
 
 tf = pytest.importorskip("tensorflow")
 import release_graph  # noqa: E402  (needs TensorFlow)
@@ -119,7 +121,7 @@ def _ami_client(model_dir) -> list[tuple[str, dict[str, float]]]:
 
 
 def test_saved_model_export_is_a_drop_in_for_the_release(release_dir, imported, tmp_path):
-    path = export.export_from_workdir(str(imported), "saved_model", str(tmp_path))
+    path = export_from_workdir(str(imported), "saved_model", str(tmp_path))
     ours, theirs = _ami_client(path), _ami_client(release_dir)
     assert [answer for answer, _ in ours] == [answer for answer, _ in theirs]
     for (_, our_scores), (_, their_scores) in zip(ours, theirs, strict=True):
