@@ -36,14 +36,12 @@ from importlib import metadata
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from marco_jax.data import augment
-from marco_jax.model import inception
+from marco_jax.model import inception, predict
 from marco_jax.serving import export
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -85,20 +83,9 @@ def _random_model(config, seed: int = 0) -> inception.InceptionV3:
     return nnx.merge(graphdef, state)
 
 
-def _jax_predict(model: inception.InceptionV3) -> Predict:
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def forward(state, images):
-        logits = nnx.merge(graphdef, state)(augment.to_model_input(images), train=False)
-        return jax.nn.softmax(logits)
-
-    return lambda images: np.asarray(forward(state, jnp.asarray(images)))
-
-
-def _time_batch_size(predict: Predict, images: np.ndarray) -> dict[str, Any]:
+def _time_batch_size(predict_batch: Predict, images: np.ndarray) -> dict[str, Any]:
     start = time.perf_counter()
-    predict(images)
+    predict_batch(images)
     first = time.perf_counter() - start
     times: list[float] = []
     began = time.perf_counter()
@@ -106,7 +93,7 @@ def _time_batch_size(predict: Predict, images: np.ndarray) -> dict[str, Any]:
         len(times) < _MIN_RUNS.value or time.perf_counter() - began < _SECONDS.value
     ):
         start = time.perf_counter()
-        predict(images)
+        predict_batch(images)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {
@@ -180,7 +167,7 @@ def main(argv: list[str]) -> None:
     rng = np.random.default_rng(0)
     batches = {b: rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8) for b in batch_sizes}
     check_images = rng.integers(0, 256, (_CHECK_BATCH, size, size, 3), dtype=np.uint8)
-    jax_predict = _jax_predict(model)
+    jax_predict = predict.predict_fn(model)
     reference = jax_predict(check_images)
 
     results: dict[str, dict] = {}
@@ -188,18 +175,18 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in _FORMATS.value:
             if name == "jax":
-                predict = jax_predict
+                predict_batch = jax_predict
             else:
                 start = time.perf_counter()
                 path = export.export_model(model, config, tmp, name)
                 exported = export.load_exported(path)
-                predict = exported
+                predict_batch = exported
                 details[name] = {
                     "export_and_load_s": time.perf_counter() - start,
                     "max_abs_diff_vs_jax": float(np.abs(exported(check_images) - reference).max()),
                 }
             results[name] = {
-                f"batch_{b}": _time_batch_size(predict, batches[b]) for b in batch_sizes
+                f"batch_{b}": _time_batch_size(predict_batch, batches[b]) for b in batch_sizes
             }
             print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
 

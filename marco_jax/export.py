@@ -4,6 +4,9 @@
       [--checkpoint best|latest|STEP] [--raw_weights]
 
 The formats, what each records and why they exist: `marco_jax.serving.export`.
+
+Exit codes: 0 written (its format and path printed as JSON); 2 wrong input (no such workdir,
+checkpoint or step, a bad --checkpoint), named on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import os
 import pathlib
 from collections.abc import Sequence
 
+from absl import flags, logging
+
+from marco_jax import cli
 from marco_jax.serving import export
 
 
@@ -24,45 +30,44 @@ def export_from_workdir(
     raw_weights: bool = False,
 ) -> pathlib.Path:
     """Exports a training run's checkpoint (its EMA weights unless raw_weights) to `out`
-    (default WORKDIR/export). checkpoint: "best", "latest" or a step number."""
-    from marco_jax import cli
-    from marco_jax.training import checkpoints
+    (default WORKDIR/export). checkpoint: "best", "latest" or a step number.
 
-    config, model, step = checkpoints.load_for_inference(
-        workdir, checkpoint=cli.parse_checkpoint(checkpoint), use_ema=not raw_weights
-    )
-    provenance = {"workdir": str(workdir), "step": step, "weights": "raw" if raw_weights else "ema"}
+    Raises:
+      cli.ArgumentError: no such workdir or checkpoint, or a bad selector (`store.load`).
+    """
+    from marco_jax.runs import store  # Orbax: not needed to read this module's flags
+
+    loaded = store.load(workdir, checkpoint, use_ema=not raw_weights)
+    provenance = {
+        "workdir": str(workdir),
+        "step": loaded.step,
+        "weights": "raw" if raw_weights else "ema",
+    }
     return export.export_model(
-        model, config, out or os.path.join(workdir, "export"), fmt, provenance
+        loaded.model, loaded.config, out or os.path.join(workdir, "export"), fmt, provenance
     )
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.define_workdir_flag(fv, "Training workdir holding the checkpoints.")
+    cli.define_checkpoint_flags(fv)
+    flags.DEFINE_enum("format", None, export.FORMATS, "Export format.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export).", flag_values=fv)
+    flags.mark_flags_as_required(["workdir", "format"], flag_values=fv)
+
+
+def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
+    cli.check_no_positional(argv)
+    logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every step at INFO
+    try:
+        path = export_from_workdir(fv.workdir, fv.format, fv.out, fv.checkpoint, fv.raw_weights)
+    except cli.ArgumentError as e:
+        cli.fail(str(e))
+    print(json.dumps({"format": fv.format, "path": str(path)}))
 
 
 def run() -> None:
-    """Entry point; the flags are defined here so that importing this module defines none."""
-    from absl import flags, logging
-
-    from marco_jax import cli
-
-    workdir = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
-    fmt = flags.DEFINE_enum("format", None, export.FORMATS, "Export format.")
-    out = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export).")
-    checkpoint = flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
-    raw_weights = flags.DEFINE_bool("raw_weights", False, "Export the raw weights, not the EMA.")
-    flags.mark_flags_as_required(["workdir", "format"])
-
-    def main(argv: Sequence[str]) -> None:
-        del argv
-        logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every step at INFO
-        try:
-            path = export_from_workdir(
-                workdir.value, fmt.value, out.value, checkpoint.value, raw_weights.value
-            )
-        except (FileNotFoundError, ValueError) as e:  # no such workdir, checkpoint or step
-            # (cli.ArgumentError is a ValueError)
-            cli.fail(str(e))
-        print(json.dumps({"format": fmt.value, "path": str(path)}))
-
-    cli.run(main)
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -9,21 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
-from flax import nnx
 from helpers import REPO
 from image_fixtures import BAD_FILES, GOOD_FILES, write_lab_folder
 from PIL import Image
 
 from marco_jax import classify, cli
-from marco_jax.data import augment, image_io, preprocess
+from marco_jax.data import image_io, preprocess
 from marco_jax.labels import CLASS_NAMES, CRYSTALS
+from marco_jax.model import predict
+from marco_jax.runs import store
 from marco_jax.serving import engine
-from marco_jax.training import checkpoints
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -48,15 +46,12 @@ def _classify(*args: str) -> int:
 
 def _model_probabilities(workdir: Path, paths: list[str]) -> np.ndarray:
     """The restored network on each file's evaluation crop, without classify_io."""
-    config, model, _ = checkpoints.load_for_inference(str(workdir), "latest")
-    size, fraction = config.model.image_size, config.input.central_fraction
+    loaded = store.load(str(workdir), "latest")
+    size, fraction = loaded.config.model.image_size, loaded.config.input.central_fraction
     crops = [
         preprocess.center_crop_and_resize(image_io.load_image(p), size, fraction) for p in paths
     ]
-    logits = nnx.jit(lambda m, x: m(augment.to_model_input(x), train=False))(
-        model, jnp.asarray(np.stack(crops))
-    )
-    return np.asarray(jax.nn.softmax(logits))
+    return predict.predict_fn(loaded.model)(np.stack(crops))
 
 
 @pytest.fixture
@@ -148,8 +143,8 @@ def test_all_good_exits_zero_and_writes_heat_maps(trained_workdir, good_folder, 
 
 def test_exported_model_scores_like_the_checkpoint(trained_workdir, good_folder, tmp_path):
     export = pytest.importorskip("marco_jax.serving.export")
-    config, model, _ = checkpoints.load_for_inference(str(trained_workdir), "latest")
-    onnx = export.export_model(model, config, tmp_path / "export", "onnx")
+    loaded = store.load(str(trained_workdir), "latest")
+    onnx = export.export_model(loaded.model, loaded.config, tmp_path / "export", "onnx")
     by_jax, by_onnx, by_onnx_tta = (tmp_path / f"{name}.csv" for name in ("jax", "onnx", "tta"))
     assert (
         _classify(

@@ -17,10 +17,10 @@ from helpers import REPO
 from PIL import Image
 
 from marco_jax import cli
-from marco_jax.data import augment, preprocess
+from marco_jax.data import preprocess
 from marco_jax.export import export_from_workdir
 from marco_jax.labels import CLASS_NAMES
-from marco_jax.model import inception
+from marco_jax.model import inception, predict
 from marco_jax.serving import export
 from marco_jax.serving.export import tf_graph
 
@@ -44,7 +44,7 @@ def _structured_images(rng: np.random.Generator, n: int, height: int, width: int
 
 @functools.partial(jax.jit, static_argnums=0)
 def _jax_logits(graphdef, state, images):
-    return nnx.merge(graphdef, state)(augment.to_model_input(images), train=False)
+    return nnx.merge(graphdef, state)(predict.to_model_input(images), train=False)
 
 
 def _logits(model: nnx.Module, images: np.ndarray) -> jax.Array:
@@ -53,7 +53,7 @@ def _logits(model: nnx.Module, images: np.ndarray) -> jax.Array:
 
 
 def _probabilities(model: nnx.Module, images: np.ndarray) -> np.ndarray:
-    return np.asarray(jax.nn.softmax(_logits(model, images)))
+    return predict.predict_fn(model)(images)
 
 
 def _random_model(config, seed: int) -> nnx.Module:
@@ -239,18 +239,21 @@ def test_unknown_format_and_class_count_are_refused(tiny_config, tmp_path):
 
 
 def test_export_from_workdir_loads_the_requested_checkpoint(tiny_config, tmp_path, monkeypatch):
-    from marco_jax.training import checkpoints
+    from marco_jax.runs import store
 
     model = _random_model(tiny_config, seed=0)
     calls = []
+    real_load = store.load
 
-    def load_for_inference(workdir, checkpoint="best", use_ema=True):
+    def load(workdir, checkpoint="best", use_ema=True):
         calls.append((workdir, checkpoint, use_ema))
-        return tiny_config, model, 1200
+        if checkpoint not in ("best", "1200"):
+            return real_load(workdir, checkpoint, use_ema)  # its errors, as the command's
+        return store.Loaded(tiny_config, model, 1200, use_ema)
 
-    monkeypatch.setattr(checkpoints, "load_for_inference", load_for_inference)
+    monkeypatch.setattr(store, "load", load)
     path = export_from_workdir(str(tmp_path), "onnx", checkpoint="1200", raw_weights=True)
-    assert calls == [(str(tmp_path), 1200, False)]
+    assert calls == [(str(tmp_path), "1200", False)]
     assert path == tmp_path / "export" / "marco.onnx"
     provenance = export.load_exported(path).provenance
     assert provenance == {"workdir": str(tmp_path), "step": 1200, "weights": "raw"}
@@ -261,14 +264,15 @@ def test_export_from_workdir_loads_the_requested_checkpoint(tiny_config, tmp_pat
 
 
 def test_export_command_exports_the_ema_weights_of_a_trained_run(trained_workdir, tmp_path):
-    from marco_jax.training import checkpoints
+    from marco_jax.runs import store
 
     command = [sys.executable, "-m", "marco_jax.export", f"--workdir={trained_workdir}"]
     command += ["--format=onnx", f"--out={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
     path = json.loads(result.stdout.strip().splitlines()[-1])["path"]
     exported = export.load_exported(path)
-    config, model, step = checkpoints.load_for_inference(str(trained_workdir))
+    loaded = store.load(str(trained_workdir))
+    config, model, step = loaded.config, loaded.model, loaded.step
     assert exported.provenance["step"] == step and exported.provenance["weights"] == "ema"
     size = config.model.image_size
     images = _structured_images(np.random.default_rng(4), 2, size, size)

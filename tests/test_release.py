@@ -151,14 +151,15 @@ def test_evaluation_scores_dataset_records_as_the_release(
     release_dir, imported, gsk_data_dir, tmp_path
 ):
     """The evaluation pipeline (TFDS records, grain, the JAX model) on the release's inputs."""
-    from marco_jax import evaluate
     from marco_jax.data import input_pipeline
+    from marco_jax.evaluation import evaluator
+    from marco_jax.runs import store
 
-    loaded = evaluate.load(str(imported), "latest", data_dir=str(gsk_data_dir))
+    loaded = store.load(str(imported), "latest", data_dir=str(gsk_data_dir))
     loaded.config.input.eval_batch_size = 4
     loaded.config.input.num_workers = 0
     source = input_pipeline.open_tfds_source(loaded.config, "train")
-    _, probs = evaluate.predict(loaded, source)
+    probs = evaluator.predict_model(loaded.config, loaded.model, source).probs
     files = []
     for index in range(len(source)):
         files.append(tmp_path / f"{index}.jpg")

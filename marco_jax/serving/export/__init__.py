@@ -15,7 +15,7 @@ convert at all. The rebuilt graphs match the JAX model's probabilities to float3
 tests hold them to 1e-4 max abs); the things that make that true are spelled out where they are
 built: TF-style SAME padding (extra padding at the end), average pools that exclude padding (TF's
 `avg_pool`, ONNX's `count_include_pad=0`), max pools that pad with -inf, uint8 -> float as
-x / 255 * 2 - 1 like `augment.to_model_input`. Exports always compute in float32, whatever
+x / 255 * 2 - 1 like `predict.to_model_input`. Exports always compute in float32, whatever
 `config.model.compute_dtype` the JAX model used.
 
 Formats (all take RGB images [batch, S, S, 3] already at the model's size S, as

@@ -231,7 +231,7 @@ def _make_tf_module(network: Network, metadata: dict[str, Any]):
 
         def probabilities(self, images):
             x = tf.cast(images, tf.float32)
-            if images.dtype == tf.uint8:  # augment.to_model_input
+            if images.dtype == tf.uint8:  # predict.to_model_input
                 x = x / 255.0
             x = x * 2.0 - 1.0
             x = _apply(network.steps, x, _TFBuilder(self.weights))
