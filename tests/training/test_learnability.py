@@ -1,7 +1,7 @@
 """The synthetic drops are learnable: the embedded default's tiny MARCO model, trained
 2000 steps through the real pipeline (grain, paper augmentation, RMSProp, EMA), beats chance
 by a wide margin on the held-out split. That they are not trivial (mean colour says little) is
-tests/test_synthetic.py's job."""
+tests/dataset/test_synthetic.py's job."""
 
 from __future__ import annotations
 

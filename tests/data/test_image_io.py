@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import SHARED
 from image_fixtures import BAD_FILES, GOOD_FILES, write_lab_folder
 from image_fixtures import checkerboard as _checkerboard
 from PIL import Image
@@ -17,7 +18,7 @@ from marco_jax.data import image_io, preprocess
 from marco_jax.labels import CLASS_NAMES, CRYSTALS, NUM_CLASSES
 from marco_jax.serving import engine
 
-REAL_DROPS = Path(__file__).resolve().parents[2] / "shared" / "real_drops"
+REAL_DROPS = SHARED / "real_drops"
 
 
 @pytest.fixture

@@ -2,17 +2,15 @@
 op by op against tf.image, the four orderings against slim's code, and the sampled ranges against
 config.input."""
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import REPO
 
 from marco_jax.config_utils import load_config
 from marco_jax.data import augment
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # float32 HSV round trips in TF and here differ by a few ulps.
 ATOL = 1e-5
 

@@ -1,7 +1,5 @@
 """The optimiser against TensorFlow 1's RMSPropOptimizer, the schedule and the weight EMA."""
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,11 +7,11 @@ import optax
 import pytest
 import tensorflow as tf
 from flax import nnx
+from helpers import REPO
 
 from marco_jax.config_utils import load_config
 from marco_jax.training import optim
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHAPES = {"conv": (3, 3, 2, 4), "bias": (4,), "dense": (6, 5)}
 _STEPS_PER_EPOCH = 3  # with lr_decay_epochs=2: a staircase drop after steps 6 and 12
 _NUM_STEPS = 14
@@ -25,7 +23,7 @@ _DTYPES = [np.float32, np.float64]
 
 def _paper_config():
     """The paper's optimiser alone: the release's L2 term is tested on its own below."""
-    config = load_config(_REPO / "configs" / "default.py")
+    config = load_config(REPO / "configs" / "default.py")
     config.optimizer.l2_regularization = 0.0
     return config
 
@@ -248,7 +246,7 @@ def test_weight_decay_only_on_kernels():
 
 def test_l2_regularization_is_slims_loss_gradient_through_rmsprop():
     """The release's L2Loss x 4e-5 on kernels: RMSProp must see grad + l2 * w for kernels only."""
-    config = load_config(_REPO / "configs" / "default.py")
+    config = load_config(REPO / "configs" / "default.py")
     l2 = config.optimizer.l2_regularization
     assert l2 == 4e-5
     rng = np.random.default_rng(0)

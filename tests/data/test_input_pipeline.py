@@ -2,18 +2,17 @@
 per-host shards, exact evaluation coverage, mid-epoch iterator restore (with worker processes)."""
 
 import io
-import pathlib
 
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import REPO
 from PIL import Image
 
 from marco_jax.config_utils import load_config
 from marco_jax.data import input_pipeline, preprocess
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_RECORDS = 23  # prime: no batch size or host count divides it
 IMAGE_SIZE = 32
 

@@ -3,15 +3,13 @@ the uninterrupted stream's tail, with any number of grain workers before and aft
 (changing input.num_workers between restarts once broke the grain iterator state)."""
 
 import io
-import pathlib
 
 import numpy as np
+from helpers import REPO
 from PIL import Image
 
 from marco_jax.config_utils import load_config
 from marco_jax.data import input_pipeline
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _records(n: int = 13) -> list[dict]:

@@ -3,16 +3,15 @@ Augmentation"): exact eval crops, patches at the eval scale, flip rates, rot90 o
 
 import io
 import math
-import pathlib
 
 import numpy as np
 import pytest
+from helpers import REPO
 from PIL import Image
 
 from marco_jax.config_utils import load_config
 from marco_jax.data import preprocess
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # A binomial count stays within this many standard deviations of its mean except with
 # probability < 1e-6: the rate tests below cannot flake.
 SIGMAS = 5.0

@@ -229,7 +229,7 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_where(tmp_path):
     out = tmp_path / "s.csv"
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(REPO / "tests")!r})
+        sys.path[:0] = [{str(REPO / "tests")!r}, {str(REPO / "tests" / "serving")!r}]
         from marco_jax import classify
         from marco_jax.data import preprocess
         from marco_jax.serving import predictors
