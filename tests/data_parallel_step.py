@@ -1,9 +1,8 @@
 """One real training step on 1 device and on all devices, same state, same real batch: prints JSON.
 
-Run by tests/training/test_train.py under XLA_FLAGS=--xla_force_host_platform_device_count=8 (the device
-count must be set before JAX starts, hence a separate process):
-  python tests/data_parallel_step.py DATA_DIR
-"""
+Run by tests/training/test_train.py under XLA_FLAGS=--xla_force_host_platform_device_count=8 (the
+device count must be set before JAX starts, hence a separate process): python
+tests/data_parallel_step.py DATA_DIR"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The training job: outputs, exact resumption, data parallelism, and its guards.
 
-tests/training/test_train_hardening.py has the hardening cases (corrupt checkpoints, lock, config checks).
-"""
+tests/training/test_train_hardening.py has the hardening cases (corrupt checkpoints, lock, config
+checks)."""
 
 from __future__ import annotations
 
