@@ -3,7 +3,7 @@
 The measured work is the whole of the paper's training augmentation (section 3): decode, scale to
 the evaluation scale and cut a random size x size patch, random flips, the photometric distortions
 (TF-slim's distort_color, random ordering), to uint8 or float32 batches. Our pipeline does the
-host part in grain (`marco_jax.input_pipeline`) and the photometric part in JAX, here on the CPU
+host part in grain (`data.input_pipeline`) and the photometric part in JAX, here on the CPU
 (it runs on the accelerator in training, but it is part of the work); the baseline does all of it
 with tf.image ops in a tf.data pipeline with as many parallel calls as cores (the classic way:
 antialiased resize of the whole image to the eval scale, then tf.image.random_crop; grain resamples

@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.image_size = 599  # section 3, "Model Architecture"
     # Extra 3x3 stride-2 VALID conv of depth 16 before Conv2d_1a_3x3 (599 -> 299), section 3.
     model.stem_conv_depth = 16
-    # Graph: the depth of every conv, as a per-layer table (marco_jax/depth_tables/*.tsv); the
+    # Graph: the depth of every conv, as a per-layer table (model/depth_tables/*.tsv); the
     # caps of Table 3 (configs/table3.py) describe it only roughly.
     model.depth_table = "marco_release"
     model.depth_caps = {}  # per block, used for layers the table does not list

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import ml_collections
 
@@ -23,3 +24,16 @@ def ci_config(data_dir: pathlib.Path) -> ml_collections.ConfigDict:
     config = load_config("ci")
     config.dataset.data_dir = str(data_dir)
     return config
+
+
+def main_command(workdir, data_dir, *overrides: str) -> list[str]:
+    """`python -m marco_jax.main` on configs/ci.py with its dataset under `data_dir`."""
+    return [
+        sys.executable,
+        "-m",
+        "marco_jax.main",
+        f"--config={REPO / 'configs/ci.py'}",
+        f"--workdir={workdir}",
+        f"--config.dataset.data_dir={data_dir}",
+        *overrides,
+    ]

@@ -3,7 +3,7 @@
 Bruno et al. 2018, section 3 "Data Preprocessing and Augmentation": training takes "random
 599x599 patches of the input images", flipped left-right and up-down with 50 % probability each;
 "the test images are center cropped and resized to 599x599". The photometric distortions run on
-the accelerator (`marco_jax.augment`); only what needs the encoded bytes or the full-size image
+the accelerator (`data.augment`); only what needs the encoded bytes or the full-size image
 stays here, so the host ships fixed-size uint8 patches.
 
 Both paths share one geometry so that a model sees the same pixel scale in training and at test

@@ -3,7 +3,7 @@
 Pure numpy on purpose: evaluation runs on lab workstations and in tests without an accelerator,
 and the numbers must not depend on the framework that produced the probabilities.
 
-Conventions (shared with `marco_jax.report`):
+Conventions (shared with `evaluation.report`):
 - `labels` are integer class indices in the order of `marco_jax.labels.CLASS_NAMES`;
   `probs` are (N, C) softmax probabilities; the prediction is the argmax (lowest index on ties).
 - ROC curves are one-vs-rest: positives are the examples of the class, the score is that class's

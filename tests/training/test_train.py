@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import REPO, ci_config
+from helpers import REPO, ci_config, main_command
 
 from marco_jax import parallel
 from marco_jax.runs import store
@@ -42,18 +42,6 @@ def _env(tmp_path_factory, devices: int = 1) -> dict[str, str]:
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "jax_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return env
-
-
-def _main_command(workdir, data_dir, *overrides: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "marco_jax.main",
-        f"--config={REPO / 'configs/ci.py'}",
-        f"--workdir={workdir}",
-        f"--config.dataset.data_dir={data_dir}",
-        *overrides,
-    ]
 
 
 def _assert_trees_equal(a, b) -> None:
@@ -89,10 +77,10 @@ def test_killed_run_resumes_bit_identical(tfds_data_dir, tmp_path, tmp_path_fact
     env = _env(tmp_path_factory)
     overrides = ("--config.num_train_steps=10", "--config.checkpoint_every_steps=2")
     reference = tmp_path / "reference"
-    subprocess.run(_main_command(reference, tfds_data_dir, *overrides), env=env, check=True)
+    subprocess.run(main_command(reference, tfds_data_dir, *overrides), env=env, check=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_main_command(killed, tfds_data_dir, *overrides), env=env)
+    process = subprocess.Popen(main_command(killed, tfds_data_dir, *overrides), env=env)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "4").exists() and process.poll() is None:
         assert time.time() < deadline, "no checkpoint at step 4 within 5 minutes"
@@ -102,7 +90,7 @@ def test_killed_run_resumes_bit_identical(tfds_data_dir, tmp_path, tmp_path_fact
     killed_at, _ = _final_state(killed)
     assert 4 <= killed_at < 10, "the run was not killed mid-way"
 
-    subprocess.run(_main_command(killed, tfds_data_dir, *overrides), env=env, check=True)
+    subprocess.run(main_command(killed, tfds_data_dir, *overrides), env=env, check=True)
     (step_a, state_a), (step_b, state_b) = _final_state(reference), _final_state(killed)
     assert step_a == step_b == 10
     _assert_trees_equal(state_a, state_b)
@@ -112,7 +100,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tfds_data_dir, tmp_path, tmp_path_
     workdir = tmp_path / "preempted"
     overrides = ("--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000")
     process = subprocess.Popen(
-        _main_command(workdir, tfds_data_dir, *overrides), env=_env(tmp_path_factory)
+        main_command(workdir, tfds_data_dir, *overrides), env=_env(tmp_path_factory)
     )
     deadline = time.time() + 300
     while not list(workdir.glob("events.out.tfevents.*")) or not (workdir / "eval").exists():
@@ -162,16 +150,16 @@ def test_eight_devices_and_two_processes_match_one_device(
     )
     single, eight, multi = tmp_path / "single", tmp_path / "eight", tmp_path / "multi"
     subprocess.run(
-        _main_command(single, tfds_data_dir, *overrides), env=_env(tmp_path_factory), check=True
+        main_command(single, tfds_data_dir, *overrides), env=_env(tmp_path_factory), check=True
     )
     subprocess.run(
-        _main_command(eight, tfds_data_dir, *overrides), env=_env(tmp_path_factory, 8), check=True
+        main_command(eight, tfds_data_dir, *overrides), env=_env(tmp_path_factory, 8), check=True
     )
     env = _env(tmp_path_factory) | {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
     address = f"127.0.0.1:{_free_port()}"
     processes = [
         subprocess.Popen(
-            _main_command(multi, tfds_data_dir, *overrides)
+            main_command(multi, tfds_data_dir, *overrides)
             + [f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
             env=env,
         )
@@ -213,7 +201,7 @@ def test_one_real_step_on_eight_devices_matches_one_device(tfds_data_dir, tmp_pa
 
 def test_batch_not_divisible_by_devices_fails_at_start(tfds_data_dir, tmp_path, tmp_path_factory):
     result = subprocess.run(
-        _main_command(tmp_path, tfds_data_dir, "--config.input.global_batch_size=12"),
+        main_command(tmp_path, tfds_data_dir, "--config.input.global_batch_size=12"),
         env=_env(tmp_path_factory, 8),
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, ci_config, load_config
+from helpers import ci_config, load_config, main_command
 
 from marco_jax import parallel
 from marco_jax.model import inception
@@ -174,7 +174,10 @@ def test_no_readable_checkpoint_is_one_clear_error_exit_4(workdir, tfds_data_dir
     _damage(workdir / "checkpoints" / "6", "truncated")
     _damage(workdir / "checkpoints" / "3", "deleted")
     result = subprocess.run(
-        _main(workdir, tfds_data_dir), env=_env(tmp_path_factory), capture_output=True, text=True
+        main_command(workdir, tfds_data_dir),
+        env=_env(tmp_path_factory),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 4
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -372,18 +375,6 @@ def test_a_label_mapping_allows_another_class_count():
     assert config_checks.problems(config) == []
 
 
-def _main(workdir, data_dir, *overrides: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "marco_jax.main",
-        f"--config={REPO / 'configs/ci.py'}",
-        f"--workdir={workdir}",
-        f"--config.dataset.data_dir={data_dir}",
-        *overrides,
-    ]
-
-
 def _env(tmp_path_factory, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
@@ -395,7 +386,7 @@ def _env(tmp_path_factory, **extra: str) -> dict[str, str]:
 def test_main_prints_one_line_and_exits_2_for_bad_values(tmp_path, tfds_data_dir):
     for override in ("--config.num_train_steps=-5", "--config.model.compute_dtype=bfloat"):
         result = subprocess.run(
-            _main(tmp_path / "w", tfds_data_dir, override), capture_output=True, text=True
+            main_command(tmp_path / "w", tfds_data_dir, override), capture_output=True, text=True
         )
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
@@ -475,7 +466,7 @@ def test_sigkill_leaves_no_grain_worker_alive(tmp_path, tfds_data_dir, tmp_path_
     starting up), the trainer's children all end within a few seconds."""
     workdir = tmp_path / "w"
     process = subprocess.Popen(
-        _main(
+        main_command(
             workdir,
             tfds_data_dir,
             "--config.num_train_steps=100000",
@@ -524,14 +515,14 @@ def test_soak_random_sigkills_and_worker_changes_end_bit_identical(
     overrides = ("--config.num_train_steps=12", "--config.checkpoint_every_steps=2")
     reference = tmp_path / "reference"
     subprocess.run(
-        _main(reference, tfds_data_dir, *overrides), env=env, check=True, capture_output=True
+        main_command(reference, tfds_data_dir, *overrides), env=env, check=True, capture_output=True
     )
     soaked = tmp_path / "soaked"
     rng = np.random.default_rng(12)
     kills = 0
     for attempt in range(10):
         workers = f"--config.input.num_workers={2 * (attempt % 2)}"
-        command = _main(soaked, tfds_data_dir, *overrides, workers)
+        command = main_command(soaked, tfds_data_dir, *overrides, workers)
         if kills == 3:
             result = subprocess.run(command, env=env, capture_output=True, text=True)
             assert result.returncode == 0, result.stderr[-2000:]
