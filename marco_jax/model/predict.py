@@ -33,9 +33,12 @@ def probabilities(graphdef: nnx.GraphDef, weights: tuple[Any, ...], images: jax.
     return jax.nn.softmax(logits)
 
 
+# One compiled function per network structure and batch shape, shared by every predict_fn.
+_jitted_probabilities = jax.jit(probabilities, static_argnums=0)
+
+
 def predict_fn(model: inception.InceptionV3) -> Callable[[np.ndarray], np.ndarray]:
     """Host images [N, S, S, 3] -> numpy probabilities [N, classes] with `model`'s current
-    weights, jitted (one compilation per batch shape)."""
+    weights, jitted (one compilation per network structure and batch shape, whichever model)."""
     graphdef, *weights = inception.split_model(model)
-    jitted = jax.jit(lambda weights, images: probabilities(graphdef, weights, images))
-    return lambda images: np.asarray(jitted(tuple(weights), images))
+    return lambda images: np.asarray(_jitted_probabilities(graphdef, tuple(weights), images))
