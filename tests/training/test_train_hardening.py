@@ -230,7 +230,7 @@ def test_second_process_on_a_workdir_is_refused_naming_the_holder(tmp_path):
             [
                 sys.executable,
                 "-c",
-                "import sys; from marco_jax import workdir_lock as w\n"
+                "import sys; from marco_jax.runs import lock as w\n"
                 "try:\n w.WorkdirLock(sys.argv[1]).acquire()\n"
                 "except w.WorkdirLockedError as e:\n print(e); sys.exit(2)",
                 str(tmp_path),
