@@ -1,5 +1,5 @@
 """Image files of every kind a lab hands to `classify`, good and broken, shared by the tests of
-`image_io`/`classify_io` and of the `classify` command."""
+`image_io`/`serving.engine` and of the `classify` command."""
 
 import io
 import struct

@@ -244,7 +244,7 @@ def csv_header(crystal_threshold: float | None = None) -> list[str]:
 
 def row_cells(row: Row, crystal_threshold: float | None = None) -> list[str]:
     """The CSV cells of one row (probabilities with 6 decimals), safe in a spreadsheet and
-    exact for a program (`classify_csv`: the path cell, and how to read the path back)."""
+    exact for a program (`csv_file`: the path cell, and how to read the path back)."""
     scores = [""] * NUM_CLASSES if row.probs is None else [f"{p:.6f}" for p in row.probs]
     flag = []
     if crystal_threshold is not None:

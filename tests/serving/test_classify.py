@@ -45,7 +45,7 @@ def _classify(*args: str) -> int:
 
 
 def _model_probabilities(workdir: Path, paths: list[str]) -> np.ndarray:
-    """The restored network on each file's evaluation crop, without classify_io."""
+    """The restored network on each file's evaluation crop, without the scoring engine."""
     loaded = store.load(str(workdir), "latest")
     size, fraction = loaded.config.model.image_size, loaded.config.input.central_fraction
     crops = [
