@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from marco_jax.evaluation import intervals, one_vs_rest
 from marco_jax.labels import CLASS_NAMES
 
 # Fig 3 quotes recall at these false-positive rates: crystals 94 % at < 1.6 % and 98.7 % at < 19 %,
@@ -171,14 +172,7 @@ def roc_curve(
     `drop_intermediate` removes points collinear with their neighbours, which changes neither the
     plotted curve nor the AUC, but does change "recall at FPR <= x": keep it False for that.
     """
-    y_true = np.asarray(y_true).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    scores, y_true = scores[order], y_true[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), y_true.size - 1]
-    tps = np.cumsum(y_true)[last_of_tie].astype(np.float64)
-    fps = 1.0 + last_of_tie - tps
-    thresholds = scores[last_of_tie]
+    fps, tps, thresholds = one_vs_rest.cumulative_counts(y_true, scores)
     if drop_intermediate and fps.size > 2:
         corner = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
         fps, tps, thresholds = fps[corner], tps[corner], thresholds[corner]
@@ -243,20 +237,7 @@ def one_vs_rest_scores(
         called = probs[:, positive] >= threshold
     else:
         raise ValueError(f"the probability threshold must lie in [0, 1], got {threshold}")
-    actual = labels == positive
-    tp = int(np.sum(called & actual))
-    fp = int(np.sum(called & ~actual))
-    fn = int(np.sum(~called & actual))
-    tn = int(np.sum(~called & ~actual))
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "tn": tn,
-        "precision": tp / (tp + fp) if tp + fp else math.nan,
-        "recall": tp / (tp + fn) if tp + fn else math.nan,
-        "accuracy": (tp + tn) / labels.size,
-    }
+    return one_vs_rest.called_counts(called, labels == positive)
 
 
 def to_json(value: Any) -> Any:
@@ -334,6 +315,7 @@ def compute_all(
     crystal_threshold: float | None = None,
     *,
     positive_class: str = "crystals",
+    pr_thresholds: Sequence[float] = one_vs_rest.DEFAULT_THRESHOLDS,
     ddof: int = 0,
     prob_atol: float = DEFAULT_PROB_ATOL,
 ) -> dict[str, Any]:
@@ -341,13 +323,18 @@ def compute_all(
 
     `sources` (one data-source id per example, any sortable type) enables the Table-5 spread;
     `crystal_threshold` switches Table 6 from argmax to "P(positive_class) >= threshold".
+    Proportions come with 95 % Wilson intervals ([low, high], `intervals` says why Wilson).
 
-    Keys: class_names, num_examples, class_counts, accuracy, per_class_accuracy,
+    Keys: class_names, num_examples, class_counts, accuracy, accuracy_interval,
+    per_class_accuracy, per_class_accuracy_interval, interval {method, confidence},
     confusion_matrix (counts), confusion_matrix_normalized (Table 4); roc[class] with num_positives,
     num_negatives, auc, recall_at_fpr / fpr_at_recall (lists of {max_fpr | min_recall, fpr, tpr,
     threshold}) and curve {fpr, tpr, thresholds} (collinear points dropped, first threshold None
     for +inf) (Fig 3); positive_vs_rest {positive_class, threshold, tp, fp, fn, tn, precision,
-    recall, accuracy} (Table 6); sources (None without sources) {names, num_examples, accuracy,
+    recall, accuracy, precision_interval, recall_interval} (Table 6); precision_recall
+    {positive_class, num_positives, average_precision, curve {precision, recall, thresholds},
+    thresholds (a row per `pr_thresholds` entry: threshold, tp, fp, fn, tn, precision, recall,
+    accuracy, their intervals, fpr)}; sources (None without sources) {names, num_examples, accuracy,
     class_counts, confusion_matrix, confusion_matrix_normalized, spread, spread_num_sources,
     spread_ddof} (Table 5).
     """
@@ -360,12 +347,19 @@ def compute_all(
     labels, probs = validate_inputs(labels, probs, len(class_names), prob_atol=prob_atol)
     preds = predictions(probs)
     counts = confusion_matrix(labels, preds, len(class_names))
+    positive = class_names.index(positive_class)
     result = {
         "class_names": class_names,
         "num_examples": labels.size,
         "class_counts": counts.sum(axis=1),
         "accuracy": accuracy(labels, preds),
+        "accuracy_interval": intervals.wilson_interval(int(np.trace(counts)), labels.size),
         "per_class_accuracy": per_class_accuracy(counts),
+        "per_class_accuracy_interval": [
+            intervals.wilson_interval(int(counts[c, c]), int(counts[c].sum()))
+            for c in range(len(class_names))
+        ],
+        "interval": {"method": intervals.METHOD, "confidence": intervals.CONFIDENCE},
         "confusion_matrix": counts,
         "confusion_matrix_normalized": row_normalize(counts),
         "roc": {
@@ -375,8 +369,14 @@ def compute_all(
         "positive_vs_rest": {
             "positive_class": positive_class,
             "threshold": crystal_threshold,
-            **one_vs_rest_scores(
-                labels, probs, class_names.index(positive_class), threshold=crystal_threshold
+            **one_vs_rest.with_intervals(
+                one_vs_rest_scores(labels, probs, positive, threshold=crystal_threshold)
+            ),
+        },
+        "precision_recall": {
+            "positive_class": positive_class,
+            **one_vs_rest.precision_recall_summary(
+                labels == positive, probs[:, positive], pr_thresholds
             ),
         },
         "sources": None

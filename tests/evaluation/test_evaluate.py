@@ -1,7 +1,9 @@
 """`python -m marco_jax.evaluate`: the report of a trained workdir agrees with the model's own
 predictions on the split, and wrong arguments end with a clear message."""
 
+import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -29,11 +31,12 @@ def _direct_probabilities(workdir, checkpoint: str, split: str):
         for r in source
     ]
     labels = np.array([int(r["label"]) for r in source])
-    return step, labels, predict.predict_fn(model)(np.stack(crops))
+    filenames = [r["filename"].decode() for r in source]
+    return step, labels, filenames, predict.predict_fn(model)(np.stack(crops))
 
 
 def test_report_agrees_with_direct_predictions(trained_workdir):
-    step, labels, probs = _direct_probabilities(trained_workdir, "latest", "test")
+    step, labels, filenames, probs = _direct_probabilities(trained_workdir, "latest", "test")
     crystals = CLASS_NAMES.index("crystals")
     ordered = np.sort(probs[:, crystals])
     threshold = float(ordered[3] + ordered[4]) / 2  # flags the 4 most crystal-like of 8
@@ -43,7 +46,13 @@ def test_report_agrees_with_direct_predictions(trained_workdir):
 
     out = trained_workdir / f"report_{step}_test"  # the default --out
     assert paths["json"] == out / "report.json"
-    for name in ("report.json", "report.html", "confusion_matrix.png", "roc.png"):
+    for name in (
+        "report.json",
+        "report.html",
+        "confusion_matrix.png",
+        "roc.png",
+        "predictions.csv",
+    ):
         assert (out / name).stat().st_size > 0, name
     report = json.loads(paths["json"].read_text())
     assert report["run_info"] == {
@@ -76,8 +85,25 @@ def test_report_agrees_with_direct_predictions(trained_workdir):
             assert report["roc"][name]["auc"] == pytest.approx(expected, abs=1e-6), name
         else:  # undefined without positives or negatives
             assert report["roc"][name]["auc"] is None, name
-    # The synthetic dataset records its source: the Table-5 section is there.
+    # The synthetic dataset records its one source: per-source numbers, but no Table 5.
     assert report["sources"]["names"] == ["synthetic"]
+    assert "source_spread" not in paths
+
+    # predictions.csv: one row per image in the split's order, with the model's probabilities.
+    with open(paths["predictions"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["filename"] for r in rows] == filenames
+    assert [r["label"] for r in rows] == [CLASS_NAMES[i] for i in labels]
+    assert [r["predicted"] for r in rows] == [CLASS_NAMES[i] for i in predictions]
+    read_back = [[float(r[f"p_{name}"]) for name in CLASS_NAMES] for r in rows]
+    np.testing.assert_allclose(read_back, probs, atol=2e-6)
+    # The gallery: up to 4 thumbnails per confusion pair, every mistake's pair.
+    page = paths["html"].read_text(encoding="utf-8")
+    off_diagonal = counts[~np.eye(NUM_CLASSES, dtype=bool)]
+    thumbnails = re.findall(r'<img class="thumb" alt="([^"]*)"', page)
+    assert len(thumbnails) == np.minimum(off_diagonal, 4).sum() > 0
+    wrong = {filenames[i] for i in np.flatnonzero(predictions != labels)}
+    assert set(thumbnails) <= wrong
 
 
 def test_bad_checkpoint_values_are_named(trained_workdir, tmp_path):

@@ -1,4 +1,5 @@
-"""marco_jax.evaluation.metrics against numbers worked out by hand, and ROC against scikit-learn."""
+"""marco_jax.evaluation.metrics (and its intervals and one-vs-rest helpers) against numbers worked
+out by hand, and ROC and precision-recall curves against scikit-learn."""
 
 import json
 import math
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from marco_jax.evaluation import metrics
+from marco_jax.evaluation import intervals, metrics, one_vs_rest
 
 # Eight examples, four classes. The argmax of each row is noted beside it.
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 3])
@@ -303,3 +304,90 @@ def test_bad_options_are_rejected():
 def test_float32_probabilities_that_sum_to_one_approximately_are_accepted():
     probs = (PROBS + 1e-4).astype(np.float32)  # rows sum to 1.0004
     assert metrics.compute_all(LABELS, probs)["accuracy"] == 5 / 8
+
+
+# The Wilson score interval written out: z = 1.959963984540054 (the normal 97.5 % quantile),
+# centre = (k + z^2/2) / (n + z^2), half width = z / (n + z^2) * sqrt(k (n - k) / n + z^2 / 4).
+Z = 1.959963984540054
+
+
+def _wilson_by_hand(k: int, n: int) -> tuple[float, float]:
+    centre = (k + Z * Z / 2) / (n + Z * Z)
+    half = Z / (n + Z * Z) * math.sqrt(k * (n - k) / n + Z * Z / 4)
+    return centre - half, centre + half
+
+
+def test_wilson_intervals_by_hand():
+    # 5 of 8: z^2 = 3.841459; centre = 6.920729 / 11.841459 = 0.584449; half width =
+    # 1.959964 / 11.841459 * sqrt(1.875 + 0.960365) = 0.165517 * 1.683855 = 0.278707.
+    assert intervals.wilson_interval(5, 8) == pytest.approx((0.305742, 0.863156), abs=1e-6)
+    for k, n in [(1, 7), (2, 3), (80, 100), (672, 800)]:
+        assert intervals.wilson_interval(k, n) == pytest.approx(_wilson_by_hand(k, n), abs=1e-12)
+    # The issue's figure: 800 images at 84 % accuracy give about +-2.6 points.
+    low, high = intervals.wilson_interval(672, 800)
+    assert (high - low) / 2 == pytest.approx(0.0254, abs=5e-4)
+    # At 0 % and 100 % the interval keeps a width (Wald's would be [0, 0] and [1, 1]):
+    # 0 of 10: [0, z^2 / (10 + z^2)] = [0, 0.277533].
+    assert intervals.wilson_interval(0, 10) == pytest.approx((0.0, 0.277533), abs=1e-6)
+    assert intervals.wilson_interval(3, 3) == pytest.approx((1 - 3.841459 / 6.841459, 1.0))
+    assert all(math.isnan(x) for x in intervals.wilson_interval(0, 0))
+    with pytest.raises(ValueError, match="successes must lie in"):
+        intervals.wilson_interval(9, 8)
+
+
+def test_compute_all_intervals_on_the_hand_example():
+    result = metrics.compute_all(LABELS, PROBS, crystal_threshold=0.25)
+    assert result["interval"] == {"method": "wilson", "confidence": 0.95}
+    assert result["accuracy_interval"] == pytest.approx([0.305742, 0.863156], abs=1e-6)  # 5 of 8
+    # Recalls 2 of 3, 2 of 2, 1 of 2, 0 of 1.
+    expected = [_wilson_by_hand(k, n) for k, n in [(2, 3), (2, 2), (1, 2), (0, 1)]]
+    for ours, theirs in zip(result["per_class_accuracy_interval"], expected, strict=True):
+        assert ours == pytest.approx(list(theirs), abs=1e-12)
+    # Crystals at p >= 0.25: TP 3, FP 2, FN 0 (test_crystals_vs_rest_by_argmax_and_by_threshold).
+    positive = result["positive_vs_rest"]
+    assert positive["precision_interval"] == pytest.approx(list(_wilson_by_hand(3, 5)))
+    assert positive["recall_interval"] == pytest.approx(list(_wilson_by_hand(3, 3)))
+    # A class without examples has no interval.
+    assert metrics.compute_all(LABELS[:7], PROBS[:7])["per_class_accuracy_interval"][3] == [
+        None,
+        None,
+    ]
+
+
+def test_crystals_threshold_table_by_hand():
+    # P(crystals): positives 0.7, 0.3, 0.6; negatives 0.1, 0.2, 0.1, 0.5, 0.25.
+    pr = metrics.compute_all(LABELS, PROBS, pr_thresholds=(0.25, 0.6, 0.8))["precision_recall"]
+    assert pr["positive_class"] == "crystals" and pr["num_positives"] == 3
+    at = {row["threshold"]: row for row in pr["thresholds"]}
+    # >= 0.25 calls 0.7, 0.3, 0.6 (all positives) and 0.5, 0.25: precision 3/5, recall 1.
+    assert (at[0.25]["tp"], at[0.25]["fp"], at[0.25]["fn"]) == (3, 2, 0)
+    assert (at[0.25]["precision"], at[0.25]["recall"], at[0.25]["fpr"]) == (0.6, 1.0, 0.4)
+    assert at[0.25]["precision_interval"] == pytest.approx(list(_wilson_by_hand(3, 5)))
+    # >= 0.6 calls 0.7 and 0.6: precision 1, recall 2/3, no false positive.
+    assert (at[0.6]["precision"], at[0.6]["recall"], at[0.6]["fpr"]) == (1.0, 2 / 3, 0.0)
+    # >= 0.8 calls nothing: precision undefined, recall 0.
+    assert at[0.8]["precision"] is None and at[0.8]["precision_interval"] == [None, None]
+    assert at[0.8]["recall"] == 0.0
+    # Average precision: ranked 0.7(+) 0.6(+) 0.5(-) 0.3(+): (1 + 1 + 3/4) / 3 = 11/12.
+    assert pr["average_precision"] == pytest.approx(11 / 12)
+    with pytest.raises(ValueError, match="thresholds must lie in"):
+        metrics.compute_all(LABELS, PROBS, pr_thresholds=(1.5,))
+
+
+@pytest.mark.parametrize("drop_intermediate", [False, True])
+def test_precision_recall_curve_matches_scikit_learn_with_ties(drop_intermediate):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 400)
+    scores = np.round(rng.random(400) * 0.6 + 0.3 * y, 1)  # a coarse grid: many ties
+    ours = one_vs_rest.precision_recall_curve(y, scores, drop_intermediate=drop_intermediate)
+    theirs = skm.precision_recall_curve(y, scores, drop_intermediate=drop_intermediate)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-15)
+    full = one_vs_rest.precision_recall_curve(y, scores)
+    assert one_vs_rest.average_precision(*full[:2]) == pytest.approx(
+        skm.average_precision_score(y, scores), abs=1e-12
+    )
+    # The stored (dropped) curve has the same area.
+    assert one_vs_rest.average_precision(*ours[:2]) == pytest.approx(
+        skm.average_precision_score(y, scores), abs=1e-12
+    )

@@ -1,6 +1,7 @@
 """marco_jax.evaluation.report: the files it writes are complete, valid and self-contained."""
 
 import base64
+import io
 import json
 import re
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marco_jax.evaluation import metrics, report
+from marco_jax.evaluation import metrics, paper_results, report
+from marco_jax.evaluation.per_image import GalleryImage
 
 
 def _random_eval(seed: int, n: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,14 +38,24 @@ def test_write_report_with_sources(tmp_path):
     out = tmp_path / "eval"
     paths = report.write_report(out, computed, run_info={"checkpoint": "best", "step": 42})
 
-    assert set(paths) == {"json", "html", "confusion_matrix", "roc", "source_spread"}
+    assert set(paths) == {
+        "json",
+        "html",
+        "confusion_matrix",
+        "roc",
+        "precision_recall",
+        "source_spread",
+    }
     assert all(path.parent == out and path.is_file() for path in paths.values())
 
     loaded = _strict_json(paths["json"].read_text())
     assert loaded.pop("run_info") == {"checkpoint": "best", "step": 42}
     assert loaded == metrics.compute_all(labels, probs, sources=sources)
 
-    pngs = {name: paths[name] for name in ("confusion_matrix", "roc", "source_spread")}
+    pngs = {
+        name: paths[name]
+        for name in ("confusion_matrix", "roc", "precision_recall", "source_spread")
+    }
     for path in pngs.values():
         with Image.open(path) as image:
             image.verify()
@@ -60,11 +72,25 @@ def test_write_report_with_sources(tmp_path):
     assert "http" not in page.replace(" ", "")
     assert str(tmp_path) not in page and ".png" not in page
     # The numbers a user compares with the paper are there.
-    assert report.PAPER_LABEL in page
+    assert paper_results.PAPER_LABEL in page
     assert f"{100 * computed['accuracy']:.1f} %" in page
-    assert "91.0 %" in page  # Table 4, crystals recall in the paper
+    low, high = computed["accuracy_interval"]
+    assert f"{100 * low:.1f}–{100 * high:.1f} %" in page
+    assert "Wilson" in page
     assert "0.988" in page  # Fig 3, crystals AUC in the paper
     assert "Table 5" in page and "merck" in page
+    # Tables 4 and 5 in the paper's layout: one cell per class pair, this run over the paper.
+    matrices = re.findall(r'<table class="matrix">.*?</table>', page)
+    assert len(matrices) == 2
+    cells = re.findall(r"<td class=\"(diag|off)\">(.*?)</td>", matrices[0])
+    assert len(cells) == 16 and [kind for kind, _ in cells[::5]] == ["diag"] * 4
+    crystals_recall = computed["confusion_matrix_normalized"][0][0]
+    assert cells[0][1] == (
+        f'<span class="run">{100 * crystals_recall:.1f} %</span><br><small>paper 91.0 %</small>'
+    )
+    # The crystals threshold sweep, a row per threshold.
+    for row in computed["precision_recall"]["thresholds"]:
+        assert f"<tr><td>{row['threshold']:g}</td><td>{row['tp'] + row['fp']}</td>" in page
 
 
 def test_write_report_without_sources_and_html_escaping(tmp_path):
@@ -81,25 +107,58 @@ def test_write_report_without_sources_and_html_escaping(tmp_path):
     assert "<script>" not in page and "<b>precipitate" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;b&gt;precipitate&lt;/b&gt;" in page and "clear &amp; co" in page
-    assert "Table 5" not in page
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2
+    assert "Table 5 is the spread" in page and "records no data source" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3
 
 
-@pytest.mark.parametrize("one_source", [False, True])
-def test_report_survives_undefined_numbers(tmp_path, one_source):
-    # No "other" examples: its recall and AUC are undefined; with a single source every
-    # Table-5 cell is undefined too.
+def test_report_survives_undefined_numbers(tmp_path):
+    # No "other" examples: its recall, interval and AUC are undefined.
     labels, probs, sources = _random_eval(2, n=200)
     keep = labels != 3
-    if one_source:
-        sources[:] = "bms"
     computed = metrics.compute_all(labels[keep], probs[keep], sources=sources[keep])
     paths = report.write_report(tmp_path, computed)
     page = paths["html"].read_text(encoding="utf-8")
-    assert "<td>other</td><td>0</td><td>n/a</td>" in page  # examples, recall
-    for name in ("roc", "source_spread"):
+    assert "<td>other</td><td>0</td><td>n/a</td><td>n/a</td>" in page  # examples, recall, CI
+    for name in ("roc", "precision_recall", "source_spread"):
         with Image.open(paths[name]) as image:
             image.verify()
+
+
+def test_a_single_source_gets_no_table_5(tmp_path):
+    """Table 5 is a spread across sources: with one there is nothing to show, so no table of
+    n/a and no empty heat map, but one line saying why."""
+    labels, probs, _ = _random_eval(4, n=100)
+    computed = metrics.compute_all(labels, probs, sources=["bms"] * 100)
+    assert computed["sources"]["names"] == ["bms"]  # report.json keeps the per-source numbers
+    paths = report.write_report(tmp_path, computed)
+    assert "source_spread" not in paths and not (tmp_path / "source_spread.png").exists()
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "every image of this split comes from one source (bms)" in page
+    assert page.count('<table class="matrix">') == 1  # Table 4 only
+    assert "std of the row-normalised cell" not in page and "Per source" not in page
+
+
+def test_gallery_of_mistakes(tmp_path):
+    labels, probs, _ = _random_eval(5, n=60)
+    computed = metrics.compute_all(labels, probs)
+    jpeg = io.BytesIO()
+    Image.new("RGB", (12, 10), (200, 30, 30)).save(jpeg, format="JPEG")
+    gallery = [
+        GalleryImage("clear", "crystals", 0.91, 0.05, "plate<1>/A1.jpg", "bms", jpeg.getvalue()),
+        GalleryImage("clear", "crystals", 0.80, 0.10, "plate1/B2.jpg", "bms", jpeg.getvalue()),
+        GalleryImage("other", "clear", 0.70, 0.20, "plate2/C3.jpg", "csiro", jpeg.getvalue()),
+    ]
+    page = report.write_report(tmp_path, computed, gallery=gallery)["html"].read_text()
+    section = page[page.index("Most confident mistakes") :]
+    clear_as_crystals = computed["confusion_matrix"][2][0]
+    assert f"label clear → predicted crystals (2 of {clear_as_crystals})" in section
+    assert "label other → predicted clear (1 of" in section
+    thumbnails = re.findall(r'<img class="thumb" alt="([^"]*)" src="data:image/jpeg;base64,', page)
+    assert thumbnails == ["plate&lt;1&gt;/A1.jpg", "plate1/B2.jpg", "plate2/C3.jpg"]
+    assert "p_crystals 0.910</b>, p_clear 0.050" in section
+    # Without mistakes to show: one line.
+    empty = report.write_report(tmp_path / "e", computed, gallery=[])["html"].read_text()
+    assert "<p>No mistakes.</p>" in empty
 
 
 def test_write_report_rejects_non_json_metrics(tmp_path):
