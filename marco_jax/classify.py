@@ -19,10 +19,11 @@ its own image size and crop fraction.
 Output (`serving.engine`): path, prediction, p_<class> for each class, crystal_flag (with
 --crystal_threshold: 1 when p_crystals >= X), error (why an unreadable file got no scores; the
 run goes on). --tta averages the probabilities over the 8 flips/rotations of the square, which a
-drop photograph has no preferred one of (paper section 3). --saliency DIR also writes a SmoothGrad
-heat map over a grayscale copy of each scored image's model input (`serving.saliency`, paper
-Fig 4) for its predicted class, as DIR/<path relative to the inputs' common folder>.png
-(e.g. DIR/plate7/A1.jpg.png). It needs the JAX network (--workdir) and is slow: each of the
+drop photograph has no preferred one of (paper section 3). --saliency DIR also writes, for each
+scored image, the photograph beside the SmoothGrad heat map of its predicted class over a
+grayscale copy, at the photograph's own resolution, with a colour bar (`serving.saliency`,
+`serving.saliency_figure`, paper Fig 4), as DIR/<path relative to the inputs' common
+folder>.png (e.g. DIR/plate7/A1.jpg.png). It needs the JAX network (--workdir) and is slow: each of the
 --saliency_samples samples is a forward and a backward pass, about 6 forward passes' time on a
 CPU (MARCO at 599 px, 2 cores: 0.16 s per image to score, 0.9 s per sample), so keep it for the
 images you want to look at.

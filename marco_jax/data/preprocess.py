@@ -115,12 +115,19 @@ def _resample_box(image: ImageLike, top: float, left: float, side: float, size: 
     return np.asarray(image.resize((size, size), _RESAMPLE, box=box))
 
 
+def center_square(
+    height: int, width: int, size: int, central_fraction: float
+) -> tuple[float, float, float]:
+    """(top, left, side) in source pixels of the square `center_crop_and_resize` resamples."""
+    side = size / eval_scale(height, width, size, central_fraction)
+    return (height - side) / 2, (width - side) / 2, side
+
+
 def center_crop_and_resize(image: ImageLike, size: int, central_fraction: float) -> np.ndarray:
     """The evaluation transform: the centred square of side central_fraction * shorter side,
     resized to size x size (paper section 3; TF-slim's Inception evaluation uses 0.875)."""
-    height, width = _height_width(image)
-    side = size / eval_scale(height, width, size, central_fraction)
-    return _resample_box(image, (height - side) / 2, (width - side) / 2, side, size)
+    top, left, side = center_square(*_height_width(image), size, central_fraction)
+    return _resample_box(image, top, left, side, size)
 
 
 def _random_offset(rng: np.random.Generator, extent: float, size: int) -> int:
@@ -247,9 +254,14 @@ def tf1_center_crop_and_resize(image: ImageLike, size: int, central_fraction: fl
     With central_fraction 1.0 this is the graph's `resize_image_with_crop_or_pad` to the central
     min(height, width) square (offsets (extent - side) // 2), then its `ResizeBilinear`.
     """
-    height, width = _height_width(image)
+    top, left, side = tf1_center_square(*_height_width(image), central_fraction)
+    return tf1_crop_and_resize(image, top, left, side, size)
+
+
+def tf1_center_square(height: int, width: int, central_fraction: float) -> tuple[int, int, int]:
+    """(top, left, side) in source pixels of the square `tf1_center_crop_and_resize` resizes."""
     side = _tf1_square_side(height, width, central_fraction)
-    return tf1_crop_and_resize(image, (height - side) // 2, (width - side) // 2, side, size)
+    return (height - side) // 2, (width - side) // 2, side
 
 
 def tf1_random_crop(
@@ -325,6 +337,13 @@ class Preprocessing:
 
     def decode(self, data: bytes) -> ImageLike:
         return decode(data, self.jpeg_dct)
+
+    def eval_square(self, height: int, width: int) -> tuple[float, float, float]:
+        """(top, left, side) in source pixels of the square `eval_transform` maps onto the model's
+        input (it may reach past the borders when central_fraction > 1)."""
+        if self.resize_method == "tf1_bilinear":
+            return tf1_center_square(height, width, self.central_fraction)
+        return center_square(height, width, self.image_size, self.central_fraction)
 
     def eval_transform(self, image: ImageLike) -> np.ndarray:
         if self.resize_method == "tf1_bilinear":

@@ -17,15 +17,14 @@ Defaults are SmoothGrad's: 15 % noise, 25 samples (PAIR's defaults; the paper fi
 and little change past ~50 samples).
 
 The computation is `serving.smoothgrad` (JAX); this module holds its defaults and draws the
-overlays, so that `classify` reads the defaults without loading JAX.
+overlays, so that `classify` reads the defaults without loading JAX; `saliency_figure` lays a
+map over the photograph at its own resolution, beside it, with a colour bar.
 
 The samples are evaluated `sample_batch_size` at a time as one batch (`jax.lax.map` vmaps them),
 inside one jitted function per model structure, so later images reuse the compiled code.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 from PIL import Image
@@ -43,39 +42,33 @@ DEFAULT_MAX_ALPHA = 0.7  # opacity of the hottest pixels; the grayscale image sh
 DEFAULT_COLORMAP = "inferno"
 
 
-def overlay(
+def relative_heat(
+    saliency: np.ndarray, clip_percentile: float = DEFAULT_CLIP_PERCENTILE
+) -> np.ndarray:
+    """saliency / its `clip_percentile` percentile, clipped to [0, 1] (all 0 for a flat map)."""
+    saliency = np.asarray(saliency, np.float64)
+    top = np.percentile(saliency, clip_percentile)
+    return np.clip(saliency / top, 0.0, 1.0) if top > 0 else np.zeros_like(saliency)
+
+
+def blend(
     image: np.ndarray,
-    saliency: np.ndarray,
+    heat: np.ndarray,
     *,
-    clip_percentile: float = DEFAULT_CLIP_PERCENTILE,
     max_alpha: float = DEFAULT_MAX_ALPHA,
     colormap: str = DEFAULT_COLORMAP,
 ) -> np.ndarray:
-    """The heat map of `saliency` [H, W] over a grayscale copy of `image` [H, W, 3] (Fig 4).
-
-    Heat h = saliency / its `clip_percentile` percentile, clipped to [0, 1]; each pixel is
-    (1 - a) * gray + a * colormap(h) with a = max_alpha * h, so pixels without saliency keep
-    exactly their gray value. Returns uint8 RGB [H, W, 3].
-    """
+    """Heat h in [0, 1] over a grayscale copy of `image`: each pixel is (1 - a) * gray +
+    a * colormap(h) with a = max_alpha * h, so pixels without heat keep exactly their gray
+    value. Returns uint8 RGB [H, W, 3]."""
     import matplotlib  # only where a map is drawn: scoring alone never loads it
 
     image = np.asarray(image)
-    saliency = np.asarray(saliency, np.float64)
-    if image.shape[:2] != saliency.shape or image.ndim != 3:
+    if image.shape[:2] != heat.shape or image.ndim != 3:
         raise ValueError(
-            f"saliency {saliency.shape} must match the image's height and width {image.shape}."
+            f"saliency {heat.shape} must match the image's height and width {image.shape}."
         )
     gray = np.asarray(Image.fromarray(image).convert("L"), np.float64)[..., None]
-    top = np.percentile(saliency, clip_percentile)
-    heat = np.clip(saliency / top, 0.0, 1.0) if top > 0 else np.zeros_like(saliency)
     color = matplotlib.colormaps[colormap](heat)[..., :3] * 255.0
     alpha = (max_alpha * heat)[..., None]
     return np.round((1.0 - alpha) * gray + alpha * color).astype(np.uint8)
-
-
-def overlay_png(
-    path: str | os.PathLike, image: np.ndarray, saliency: np.ndarray, **overlay_kwargs
-) -> None:
-    """Writes `overlay(image, saliency)` as a PNG file, creating its folder."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(overlay(image, saliency, **overlay_kwargs)).save(path, format="PNG")

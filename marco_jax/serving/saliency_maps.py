@@ -1,4 +1,6 @@
-"""SmoothGrad heat maps for the rows `classify` scored, one PNG per input, never overwriting.
+"""SmoothGrad heat maps for the rows `classify` scored, one PNG per input, never overwriting:
+the photograph beside the heat over it, at its own resolution, with a colour bar
+(`saliency_figure`).
 
 The image is read again with the reader and crop that scored it (`image_io`, the predictor's
 preprocessing), so nothing is held for the whole plate while it is scored.
@@ -10,13 +12,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-import numpy as np
 import tqdm
 from flax import nnx
 
 from marco_jax.data import image_io, preprocess
 from marco_jax.labels import CLASS_NAMES
-from marco_jax.serving import engine, saliency, smoothgrad
+from marco_jax.serving import engine, saliency, saliency_figure, smoothgrad
 
 
 def saliency_path(out_dir: str, path: str, root: str) -> str:
@@ -43,7 +44,7 @@ def write_saliency_maps(
     seed: int = 0,
     progress: bool = True,
 ) -> list[str]:
-    """A SmoothGrad overlay PNG of the predicted class for every scored row; returns the paths.
+    """A SmoothGrad figure PNG of the predicted class for every scored row; returns the paths.
 
     The image is read again (same reader and crop as scoring), so nothing is held for the whole
     plate while it is scored.
@@ -54,19 +55,22 @@ def write_saliency_maps(
     root = common_root([row.path for row in scored])
     written = []
     for row in tqdm.tqdm(scored, unit="map", file=sys.stderr, disable=not progress):
-        image = preprocessing.eval_transform(
-            image_io.load_image(row.path, fast_dct=preprocessing.jpeg_dct == "fast")
-        )
+        original = image_io.load_image(row.path, fast_dct=preprocessing.jpeg_dct == "fast")
+        predicted = CLASS_NAMES.index(row.prediction)
         heat = smoothgrad.smoothgrad(
             model,
-            image,
-            CLASS_NAMES.index(row.prediction),
+            preprocessing.eval_transform(original),
+            predicted,
             num_samples=num_samples,
             noise_fraction=noise_fraction,
             seed=seed,
         )
         written.append(saliency_path(out_dir, row.path, root))
-        if image.dtype != np.uint8:  # the release's preprocessing gives float in [0, 1]
-            image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-        saliency.overlay_png(written[-1], image, heat)
+        saliency_figure.write_figure_png(
+            written[-1],
+            original,
+            heat,
+            preprocessing.eval_square(*original.shape[:2]),
+            title=f"SmoothGrad of {row.prediction} (p = {row.probs[predicted]:.3f})",
+        )
     return written

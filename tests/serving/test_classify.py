@@ -21,7 +21,7 @@ from marco_jax.data import image_io, preprocess
 from marco_jax.labels import CLASS_NAMES, CRYSTALS
 from marco_jax.model import predict
 from marco_jax.runs import store
-from marco_jax.serving import engine
+from marco_jax.serving import engine, saliency_figure
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -136,9 +136,14 @@ def test_all_good_exits_zero_and_writes_heat_maps(trained_workdir, good_folder, 
         f"{Path(line['path']).relative_to(good_folder).as_posix()}.png" for line in lines
     )
     assert "sub/rgb.jpg.png" in written and "rgb.jpg.png" in written
+    # Each map beside its photograph at the photograph's resolution (24 x 32 px, not the model's
+    # 151 px input), enlarged 8 times to be seen: every 8th pixel is the photograph's.
+    original = image_io.load_image(str(good_folder / "sub" / "rgb.bmp"))
     with Image.open(maps / "sub" / "rgb.bmp.png") as heat_map:
-        assert heat_map.format == "PNG" and heat_map.mode == "RGB"
-        assert heat_map.size == (151, 151)  # the model's input: configs/ci.py image_size
+        assert heat_map.format == "PNG"
+        figure = np.asarray(heat_map.convert("RGB"))
+    top = saliency_figure.PANEL_TOP
+    np.testing.assert_array_equal(figure[top : top + 24 * 8 : 8, : 32 * 8 : 8], original)
 
 
 def test_exported_model_scores_like_the_checkpoint(trained_workdir, good_folder, tmp_path):

@@ -1,5 +1,8 @@
 """SmoothGrad maps (paper section 4, Fig 4) on hand-built networks whose evidence lies in known
-places, and the heat-map overlay over the grayscale image."""
+places; the heat over the grayscale image, mapped back onto the photograph's own pixels, beside
+it, with a colour bar."""
+
+import io
 
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +10,8 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from marco_jax.serving import saliency, smoothgrad
+from marco_jax.data import preprocess
+from marco_jax.serving import saliency, saliency_figure, smoothgrad
 
 SIZE = 16
 HALF = SIZE // 2
@@ -94,18 +98,19 @@ def test_bad_arguments_are_named():
         smoothgrad.smoothgrad(model, _image(), 0, num_samples=0)
 
 
-def test_overlay_is_a_heat_map_over_the_grayscale_image(tmp_path):
+def test_blend_is_heat_over_the_grayscale_image():
     image = np.zeros((SIZE, SIZE, 3), np.uint8)
     image[..., 0] = 200  # a red picture with a blue stripe: nothing gray about it
     image[:, :4, 2] = 255
-    heat = np.zeros((SIZE, SIZE), np.float32)
-    heat[HALF:, HALF:] = np.linspace(1, 2, HALF * HALF).reshape(HALF, HALF)
-    path = tmp_path / "maps" / "drop.jpg.png"
-    saliency.overlay_png(path, image, heat)
-    with Image.open(path) as written:
-        assert written.format == "PNG" and written.mode == "RGB"
-        pixels = np.asarray(written)
-    np.testing.assert_array_equal(pixels, saliency.overlay(image, heat))
+    saliency_map = np.zeros((SIZE, SIZE), np.float32)
+    saliency_map[HALF:, HALF:] = np.linspace(1, 2, HALF * HALF).reshape(HALF, HALF)
+    heat = saliency.relative_heat(saliency_map)
+    # 1 at the 99th percentile and above, in proportion below it.
+    assert heat.max() == 1.0 and heat[HALF, HALF] == pytest.approx(
+        1 / np.percentile(saliency_map, 99)
+    )
+    pixels = saliency.blend(image, heat)
+    assert pixels.dtype == np.uint8 and pixels.shape == image.shape
     # Where there is no heat: exactly the gray copy (ITU-R 601 luma, as Pillow's "L").
     gray = np.asarray(Image.fromarray(image).convert("L"))
     cold = heat == 0
@@ -116,3 +121,72 @@ def test_overlay_is_a_heat_map_over_the_grayscale_image(tmp_path):
     assert np.all(hot.max(axis=-1) - hot.min(axis=-1) > 0)
     departure = np.abs(hot - gray[HALF:, HALF:, None]).sum(axis=-1)
     assert departure[-1, -1] > departure[0, 0]
+    assert np.all(saliency.relative_heat(np.zeros((4, 4))) == 0)  # a flat map: no heat
+
+
+def test_heat_goes_back_onto_the_models_square_of_the_original():
+    """A 40 x 60 photograph, central_fraction 0.5: the model saw the 20 px square at rows
+    10..29, columns 20..39, resampled to 8 px. A map hot in its top-left quarter heats rows
+    10..19, columns 20..29 of the original, and nothing outside the square."""
+    preprocessing = preprocess.Preprocessing(image_size=8, central_fraction=0.5)
+    square = preprocessing.eval_square(40, 60)
+    assert square == (10.0, 20.0, 20.0)
+    heat_map = np.zeros((8, 8))
+    heat_map[:4, :4] = 1.0
+    heat, inside = saliency_figure.heat_on_original(heat_map, 40, 60, square)
+    assert heat.shape == (40, 60) and inside.sum() == 20 * 20
+    assert inside[10:30, 20:40].all()
+    assert np.all(heat[~inside] == 0)
+    # Each map pixel covers 2.5 original pixels; bilinear between pixel centres: original row
+    # y sits at (y + 0.5 - 10) * 0.4 - 0.5 in the map, so rows 10..18 (map -0.3..2.9) are fully
+    # hot, rows 19 and 20 (map 3.3 and 3.7) between map rows 3 (hot) and 4 (cold); the same
+    # along columns, from column 20.
+    np.testing.assert_allclose(heat[10:19, 20:29], 1.0)
+    assert heat[19, 20] == pytest.approx(0.7) and heat[20, 20] == pytest.approx(0.3)
+    assert heat[19, 29] == pytest.approx(0.7 * 0.7) and heat[19, 19] == 0.0
+    assert np.all(heat[21:30, 31:40] == 0.0)
+    # The release's integer square (tf1_bilinear) is the same geometry, in whole pixels.
+    release = preprocess.Preprocessing(8, 1.0, "tf1_bilinear")
+    assert release.eval_square(41, 60) == (0, 9, 41)
+
+
+def test_figure_shows_the_photograph_beside_the_heat_with_a_colour_bar(tmp_path):
+    rng = np.random.default_rng(0)
+    photograph = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)  # its own 400 x 300 px
+    square = preprocess.Preprocessing(image_size=SIZE, central_fraction=1.0).eval_square(300, 400)
+    heat_map = np.zeros((SIZE, SIZE))
+    heat_map[:HALF, :HALF] = 1.0  # the top-left of the central square
+    path = tmp_path / "maps" / "drop.jpg.png"
+    saliency_figure.write_figure_png(path, photograph, heat_map, square, title="SmoothGrad")
+    with Image.open(path) as written:
+        assert written.format == "PNG"
+        figure = np.asarray(written.convert("RGB"))
+    top = saliency_figure.PANEL_TOP
+    # Left: the photograph itself, pixel for pixel, at its own resolution.
+    np.testing.assert_array_equal(figure[top : top + 300, :400], photograph)
+    # Right (after a gap): the heat over it; hot in the square's top-left, dimmed outside the
+    # square (columns 0..49 and 350..399 of the photograph), gray elsewhere.
+    right = next(x for x in range(400, 500) if (figure[top : top + 300, x] != 255).any())
+    overlay = figure[top : top + 300, right : right + 400].astype(int)
+    gray = np.asarray(Image.fromarray(photograph).convert("L"), int)
+    np.testing.assert_array_equal(overlay[250:290, 100:340, 0], gray[250:290, 100:340])
+    hot = overlay[20:120, 70:180]
+    assert np.mean(hot.max(axis=-1) - hot.min(axis=-1)) > 40  # coloured
+    assert np.all(overlay[:, 10:40].max(axis=-1) <= 0.55 * 255 + 1)  # outside: dimmed
+    # The colour bar: inferno from black (0) at the bottom to pale yellow (1) at the top.
+    bar_x = right + 400 + 16 + 9
+    top_color, bottom_color = figure[top + 3, bar_x], figure[top + 296, bar_x]
+    assert top_color[0] > 200 and top_color[1] > 200 and bottom_color.max() < 40
+
+
+def test_a_small_image_is_enlarged_by_a_whole_factor():
+    photograph = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    png = saliency_figure.figure_png(
+        photograph, np.ones((SIZE, SIZE)), (-4.0, 0.0, 32.0), title="t"
+    )
+    with Image.open(io.BytesIO(png)) as written:
+        figure = np.asarray(written.convert("RGB"))
+    top = saliency_figure.PANEL_TOP
+    # 8 x 8 blocks (256 / 32): every 8th pixel is the photograph.
+    np.testing.assert_array_equal(figure[top : top + 192 : 8, 0:256:8], photograph)
+    np.testing.assert_array_equal(figure[top + 7 : top + 192 : 8, 7:256:8], photograph)
