@@ -6,22 +6,24 @@ model disagrees with most, have an expert look at them, and rebuild the dataset 
          [--checkpoint best|latest|STEP] [--out FOLDER] [--data_dir DIR]
    scores every image of the splits with the evaluation transform and writes into FOLDER
    (default DIR/relabel_<step>):
+   - relabel.html, the labelling page, with images/ (each candidate's photograph, full size)
+     and thumbnails/ beside it: open it in a browser, no server needed;
    - relabel_candidates.csv: the ceil(fraction * N) images with the highest disagreement, most
      disputed first: split, filename, source, label, original_label (the source's own score),
-     predicted, p_label, p_pred, disagreement, and an empty corrected_label column for the expert;
-   - relabel_candidates.html (then relabel_candidates_2.html, ... every --page_size images): a
-     self-contained contact sheet of those images with label, prediction and probabilities.
+     predicted, p_label, p_pred, disagreement, and an empty corrected_label column.
    Disagreement = 1 - p(label), the probability the model gives to the other classes. It ranks
    the images exactly as their cross-entropy loss -log p(label) would, and is 0..1 to read.
-2. The expert fills corrected_label (one of crystals, precipitate, clear, other) where the label
-   is wrong (or confirms it), leaving the rest empty.
-3. Convert for the dataset builder:
-     python -m marco_jax.relabel --export_corrections relabel_candidates.csv
+2. The expert labels on the page: filter by confusion pair (e.g. label clear -> predicted
+   crystals), click a picture for full size, press 1-4 (crystals, precipitate, clear, other) or
+   click a class, then "Save corrected_labels.csv" (the browser's download). That file is the
+   builder's `filename,label` format: put it in the manual directory of the `full` config of
+   tfds_marco/marco and rebuild (or pass `MarcoConfig(corrected_labels=PATH)`). (A spreadsheet
+   works too: fill corrected_label in relabel_candidates.csv.)
+3. To add a round to an existing corrected_labels.csv (or convert a filled-in candidates CSV):
+     python -m marco_jax.relabel --export_corrections SAVED.csv
          --out MANUAL_DIR/corrected_labels.csv
-   writes `filename,label` rows for the filled-in ones, which the `full` config of
-   tfds_marco/marco reads on its next build (from the manual directory, or
-   `MarcoConfig(corrected_labels=PATH)`). Rows already in an existing --out file are kept
-   unless the candidates correct the same image, so successive rounds accumulate.
+   Rows already in --out are kept unless the new file corrects the same image, so successive
+   rounds accumulate.
 
 Exit codes: 0 done; 2 wrong arguments or an invalid corrected_label, named on stderr.
 """
@@ -56,15 +58,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "data_dir", None, "TFDS data_dir replacing the one in config.json.", flag_values=fv
     )
     flags.DEFINE_integer(
-        "page_size", relabel.DEFAULT_PAGE_SIZE, "Images per contact-sheet page.", flag_values=fv
-    )
-    flags.DEFINE_integer(
         "thumbnail_size", relabel.DEFAULT_THUMBNAIL_SIZE, "Thumbnail side, pixels.", flag_values=fv
     )
     flags.DEFINE_string(
         "export_corrections",
         None,
-        "A filled-in relabel_candidates.csv to convert into the builder's corrected_labels.csv.",
+        "Corrections to merge into the builder's corrected_labels.csv (--out): the page's saved "
+        "corrected_labels.csv, or a relabel_candidates.csv with corrected_label filled in.",
         flag_values=fv,
     )
 
@@ -92,13 +92,12 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
             checkpoint=fv.checkpoint,
             use_ema=not fv.raw_weights,
             data_dir=fv.data_dir,
-            page_size=fv.page_size,
             thumbnail_size=fv.thumbnail_size,
         )
     except cli.ArgumentError as e:
         cli.fail(str(e))
-    if result["csv"] is not None:
-        print(result["csv"])
+    if result["html"] is not None:
+        print(result["html"])
 
 
 def run() -> None:
