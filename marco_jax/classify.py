@@ -23,10 +23,10 @@ drop photograph has no preferred one of (paper section 3). --saliency DIR also w
 scored image, the photograph beside the SmoothGrad heat map of its predicted class over a
 grayscale copy, at the photograph's own resolution, with a colour bar (`serving.saliency`,
 `serving.saliency_figure`, paper Fig 4), as DIR/<path relative to the inputs' common
-folder>.png (e.g. DIR/plate7/A1.jpg.png). It needs the JAX network (--workdir) and is slow: each of the
---saliency_samples samples is a forward and a backward pass, about 6 forward passes' time on a
-CPU (MARCO at 599 px, 2 cores: 0.16 s per image to score, 0.9 s per sample), so keep it for the
-images you want to look at.
+folder>.png (e.g. DIR/plate7/A1.jpg.png). It needs the JAX network (--workdir) and is slow:
+each of the --saliency_samples samples is a forward and a backward pass, about 6 forward
+passes' time on a CPU (MARCO at 599 px, 2 cores: 0.16 s per image to score, 0.9 s per sample),
+so keep it for the images you want to look at.
 
 The CSV (`serving.csv_file`) is UTF-8 and safe to open in a spreadsheet: fields with a comma, quote,
 CR or LF are quoted (RFC 4180), and a cell that a spreadsheet would run as a formula (starting

@@ -35,9 +35,10 @@ _STYLE = (
     "small,.note{color:#666}"
     "img{max-width:100%;display:block;margin:0.5em 0}"
     ".gallery{display:flex;flex-wrap:wrap;gap:10px}"
-    ".gallery figure{margin:0;width:min-content;font-size:12px}"
-    ".gallery img.thumb{width:160px;cursor:zoom-in;margin:0}"
-    ".gallery img.thumb:focus{width:auto;max-width:none;outline:2px solid #4a7ebb}"
+    ".gallery figure{margin:0;width:160px;font-size:12px}"
+    ".gallery figure:focus-within{width:auto}"
+    ".gallery img.thumb{width:160px;max-width:none;cursor:zoom-in;margin:0}"
+    ".gallery img.thumb:focus{width:320px;outline:2px solid #4a7ebb}"
     ".name{font-family:monospace;word-break:break-all}"
 )
 

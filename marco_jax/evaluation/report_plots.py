@@ -196,7 +196,7 @@ def plot_precision_recall(metrics: Mapping[str, Any]) -> bytes:
     sweep_ax.set_ylim(0, 1.01)
     sweep_ax.set_xlabel(f"threshold: call {name} when its probability >= this")
     sweep_ax.set_title("threshold sweep")
-    sweep_ax.legend(loc="lower center", fontsize="small")
+    sweep_ax.legend(loc="best", fontsize="small")
     for ax in (curve_ax, sweep_ax):
         ax.grid(True, alpha=0.3)
     fig.tight_layout()

@@ -61,10 +61,21 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def image_tag(data: bytes, alt: str, mime: str = "image/png", css_class: str = "") -> str:
+def image_tag(
+    data: bytes,
+    alt: str,
+    mime: str = "image/png",
+    css_class: str = "",
+    *,
+    focusable: bool = False,
+) -> str:
+    """An <img> with its data inline. `focusable` (tabindex) lets a click focus it, which the
+    page's CSS turns into "enlarge" without any script."""
     encoded = base64.b64encode(data).decode("ascii")
-    attribute = f' class="{css_class}"' if css_class else ""
-    return f'<img{attribute} alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
+    attributes = (f' class="{css_class}"' if css_class else "") + (
+        ' tabindex="0"' if focusable else ""
+    )
+    return f'<img{attributes} alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
 
 
 def _matrix_table(
@@ -304,7 +315,7 @@ def gallery_section(metrics: Mapping[str, Any], gallery: Sequence[GalleryImage])
         total = counts[names.index(label)][names.index(predicted)]
         figures = "".join(
             "<figure>"
-            + image_tag(image.jpeg, image.filename, "image/jpeg", "thumb")
+            + image_tag(image.jpeg, image.filename, "image/jpeg", "thumb", focusable=True)
             + f"<figcaption><b>p_{html.escape(predicted)} {image.p_predicted:.3f}</b>, "
             f"p_{html.escape(label)} {image.p_label:.3f}<br>"
             f'<span class="name">{html.escape(image.filename)}</span><br>'

@@ -65,8 +65,9 @@ def _panels(
         picture = Image.fromarray(heated)
         top, left, side = square
         line = max(1, round(min(height, width) / 300))
+        last = max(side - 1, 0)  # a square under a pixel wide (a 1 x 8 px image) is one pixel
         ImageDraw.Draw(picture).rectangle(
-            [left, top, left + side - 1, top + side - 1], outline=(0, 255, 255), width=line
+            [left, top, left + last, top + last], outline=(0, 255, 255), width=line
         )
         heated = np.asarray(picture)
     return original, heated

@@ -100,7 +100,7 @@ def test_report_agrees_with_direct_predictions(trained_workdir):
     # The gallery: up to 4 thumbnails per confusion pair, every mistake's pair.
     page = paths["html"].read_text(encoding="utf-8")
     off_diagonal = counts[~np.eye(NUM_CLASSES, dtype=bool)]
-    thumbnails = re.findall(r'<img class="thumb" alt="([^"]*)"', page)
+    thumbnails = re.findall(r'<img class="thumb" tabindex="0" alt="([^"]*)"', page)
     assert len(thumbnails) == np.minimum(off_diagonal, 4).sum() > 0
     wrong = {filenames[i] for i in np.flatnonzero(predictions != labels)}
     assert set(thumbnails) <= wrong

@@ -153,7 +153,9 @@ def test_gallery_of_mistakes(tmp_path):
     clear_as_crystals = computed["confusion_matrix"][2][0]
     assert f"label clear → predicted crystals (2 of {clear_as_crystals})" in section
     assert "label other → predicted clear (1 of" in section
-    thumbnails = re.findall(r'<img class="thumb" alt="([^"]*)" src="data:image/jpeg;base64,', page)
+    thumbnails = re.findall(
+        r'<img class="thumb" tabindex="0" alt="([^"]*)" src="data:image/jpeg;base64,', page
+    )
     assert thumbnails == ["plate&lt;1&gt;/A1.jpg", "plate1/B2.jpg", "plate2/C3.jpg"]
     assert "p_crystals 0.910</b>, p_clear 0.050" in section
     # Without mistakes to show: one line.

@@ -190,3 +190,10 @@ def test_a_small_image_is_enlarged_by_a_whole_factor():
     # 8 x 8 blocks (256 / 32): every 8th pixel is the photograph.
     np.testing.assert_array_equal(figure[top : top + 192 : 8, 0:256:8], photograph)
     np.testing.assert_array_equal(figure[top + 7 : top + 192 : 8, 7:256:8], photograph)
+    # A 1 x 8 px image (16-bit PNGs in the lab folder): its square is under a pixel wide.
+    strip = photograph[:1, :8]
+    square = preprocess.Preprocessing(SIZE, 0.875).eval_square(1, 8)
+    png = saliency_figure.figure_png(strip, np.ones((SIZE, SIZE)), square, title="t")
+    with Image.open(io.BytesIO(png)) as written:
+        figure = np.asarray(written.convert("RGB"))
+    np.testing.assert_array_equal(figure[top : top + 32 : 32, 0:256:32], strip)
