@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marco_jax.evaluation import metrics, paper_results, report
+from marco_jax.evaluation import metrics, paper_results, report, report_sections
 from marco_jax.evaluation.per_image import GalleryImage
 
 
@@ -159,8 +159,7 @@ def test_gallery_of_mistakes(tmp_path):
     assert thumbnails == ["plate&lt;1&gt;/A1.jpg", "plate1/B2.jpg", "plate2/C3.jpg"]
     assert "p_crystals 0.910</b>, p_clear 0.050" in section
     # Without mistakes to show: one line.
-    empty = report.write_report(tmp_path / "e", computed, gallery=[])["html"].read_text()
-    assert "<p>No mistakes.</p>" in empty
+    assert "<p>No mistakes.</p>" in report_sections.gallery_section(computed, [])
 
 
 def test_write_report_rejects_non_json_metrics(tmp_path):
