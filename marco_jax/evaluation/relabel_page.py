@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
 from marco_jax.data import preprocess
 from marco_jax.evaluation.per_image import thumbnail_jpeg
 from marco_jax.labels import CLASS_NAMES
@@ -38,20 +40,16 @@ def _asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def _write_original(encoded: bytes, stem: str) -> str:
+def _write_original(encoded: bytes, path_stem: str) -> str:
     """The stored bytes as they are (JPEG or PNG, as the `full` builder keeps them); anything
-    else as a PNG of the decoded pixels, which every browser shows. Returns the file's name."""
+    else as a PNG of the decoded pixels, which every browser shows. Returns the file's path."""
     for magic, extension in _MAGIC_EXTENSIONS:
         if encoded.startswith(magic):
-            name = stem + extension
-            with open(name, "wb") as f:
+            with open(path_stem + extension, "wb") as f:
                 f.write(encoded)
-            return name
-    from PIL import Image
-
-    name = stem + ".png"
-    Image.fromarray(preprocess.decode_image(encoded)).save(name, format="PNG")
-    return name
+            return path_stem + extension
+    Image.fromarray(preprocess.decode_image(encoded)).save(path_stem + ".png", format="PNG")
+    return path_stem + ".png"
 
 
 def _item(rank: int, candidate: Candidate, image: str, thumbnail: str) -> dict[str, Any]:
