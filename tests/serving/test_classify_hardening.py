@@ -53,7 +53,9 @@ def _use_fake_model(monkeypatch) -> list[int]:
         return _fake_predict(images)
 
     monkeypatch.setattr(
-        predictors, "exported_predictor", lambda path: predictors.Predictor(predict, PREPROCESSING)
+        predictors,
+        "exported_predictor",
+        lambda path, **options: predictors.Predictor(predict, PREPROCESSING),
     )
     return calls
 
@@ -237,7 +239,7 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_where(tmp_path):
         def slow(images):
             time.sleep(0.2)
             return _fake_predict(images)
-        predictors.exported_predictor = lambda path: predictors.Predictor(
+        predictors.exported_predictor = lambda path, **options: predictors.Predictor(
             slow, preprocess.Preprocessing(16, 0.875))
         sys.argv = ["classify", "--model=fake.onnx", "--batch_size=2", "--output={out}",
                     {str(tmp_path)!r}]
@@ -477,7 +479,9 @@ def test_crash_while_scoring_says_where_the_finished_rows_are(monkeypatch, tmp_p
         return _fake_predict(images)
 
     monkeypatch.setattr(
-        predictors, "exported_predictor", lambda path: predictors.Predictor(predict, PREPROCESSING)
+        predictors,
+        "exported_predictor",
+        lambda path, **options: predictors.Predictor(predict, PREPROCESSING),
     )
     out = tmp_path / "out.csv"
     with pytest.raises(ValueError, match="the model broke"):  # a crash stays a crash (exit 1)
