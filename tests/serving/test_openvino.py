@@ -29,9 +29,12 @@ from marco_jax.serving.export import int8, runtime
 pytest.importorskip("openvino")
 
 TOLERANCE = 1e-4  # f32: max abs probability difference from the JAX model
-# bf16 inside OpenVINO (8 significant bits): measured on this module's model and drops, max
-# |dp| 0.0033 (EPYC, OpenVINO 2026.4); the bound leaves room for other CPUs' kernels.
-BF16_TOLERANCE = 0.02
+# bf16 inside OpenVINO (8 significant bits), measured against f32 (EPYC with AVX-512 BF16,
+# OpenVINO 2026.4): this module's model on the 16 drops, max |dp| 0.0008; a synthetic-data model
+# trained 1000 steps, 0.0066 on 100 test images; the release's network with random values,
+# 0.27 (a random network amplifies rounding: even float32 noise grows ~1.5x per block). The bound
+# is 6x this model's, for other CPUs' kernels.
+BF16_TOLERANCE = 5e-3
 DROPS = sorted(str(p) for p in (SHARED / "real_drops").rglob("*.jp*g"))
 
 
@@ -97,9 +100,12 @@ def test_classify_scores_a_folder_with_the_ir(ci_model, tmp_path, capsys):
     np.testing.assert_array_less(
         np.abs(_probabilities(out) - ci_model["expected"]).max(), TOLERANCE
     )
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "scored 16, failed 0, skipped 0"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("scored 16, failed 0,")
     cases = {
-        "runs on OpenVINO, not onnxruntime": (f"--model={ci_model['ir']}", "--runtime=onnxruntime"),
+        "runs on openvino, not on onnxruntime": (
+            f"--model={ci_model['ir']}",
+            "--runtime=onnxruntime",
+        ),
         "onnxruntime computes in f32 only": (f"--model={ci_model['onnx']}", "--precision=bf16"),
         "--threads must be >= 1": (f"--model={ci_model['ir']}", "--threads=0"),
     }

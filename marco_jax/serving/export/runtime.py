@@ -11,9 +11,10 @@ Runtimes (`RUNTIMES`; the first of each format is its default):
   converts it at every start (about a second at 599 px: the IR starts faster);
 - a SavedModel on TensorFlow, a .tflite file on TFLite's interpreter.
 OpenVINO computes in `precision`: "f32" by default, so that a file scores alike on every CPU;
-"bf16" is OpenVINO's own default on CPUs with bfloat16 units (faster, probabilities within about
-1e-2 of f32 on a trained network; tests/serving/test_openvino.py measures it). In an int8 IR only
-the layers NNCF left in float use it.
+"bf16" is OpenVINO's own default on CPUs with bfloat16 units (faster; probabilities within 0.007
+of f32 on the trained test models, as tests/serving/test_openvino.py measures, but 0.27 on the
+release's network with random values, which amplifies rounding). In an int8 IR only the layers
+NNCF left in float use it.
 
 Threads and streams (OpenVINO): the model is compiled for one image per inference request, with
 its throughput hint told how many requests run at once (`batch_size`, the images of one call),
@@ -285,7 +286,7 @@ def load_exported(
     runtime = runtime or RUNTIMES[fmt][0]
     if runtime not in RUNTIMES[fmt]:
         raise ValueError(
-            f"{path} is a {fmt} export, which runs on {' or '.join(RUNTIMES[fmt])}, not {runtime}."
+            f"{path} runs on {' or '.join(RUNTIMES[fmt])}, not on {runtime}: leave --runtime out."
         )
     if precision not in PRECISIONS or (precision != "f32" and runtime != "openvino"):
         raise ValueError(
