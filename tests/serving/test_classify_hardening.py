@@ -534,3 +534,23 @@ def test_a_corrupted_checkpoint_is_refused_for_scoring(trained_workdir, tmp_path
     message = _last_error(capsys)
     assert f"checkpoint {step_dir.name} in {workdir} is corrupt" in message, message
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_exports_get_unpadded_batches_and_the_stats_say_where_the_time_went(tmp_path):
+    paths = [str(_jpeg(tmp_path / f"{i}.jpg", i)) for i in range(5)]
+    for pad, expected in ((True, [2, 2, 2]), (False, [2, 2, 1])):
+        sizes, stats = [], engine.ScoringStats()
+
+        def predict(images, sizes=sizes):
+            sizes.append(len(images))
+            return _fake_predict(images)
+
+        rows = list(
+            engine.iter_scores(
+                paths, predict, preprocessing=PREPROCESSING, batch_size=2, progress=False,
+                pad_batches=pad, stats=stats,
+            )
+        )  # fmt: skip
+        assert [r.path for r in rows] == paths and sizes == expected
+        assert stats.images == 5 and stats.read_cpu_s > 0 and 0 < stats.read_share <= 1
+        assert stats.wall_s >= stats.predict_s > 0 and stats.cpu_s >= stats.read_cpu_s
