@@ -134,18 +134,19 @@ def _export(*args) -> int:
     return 0
 
 
-def test_int8_export_records_the_agreement_it_measured(trained_workdir, tfds_data_dir, tmp_path):
+@pytest.mark.slow  # NNCF's calibration and bias correction: over a minute on 2 busy cores
+def test_int8_export_records_the_agreement_it_measured(
+    trained_workdir, tfds_data_dir, tmp_path, capsys
+):
     """Real NNCF quantization, calibrated on the ci dataset's test split; the figures written
     and printed are recomputed here from the two models on the held-out records."""
     out = tmp_path / "int8"
-    result = subprocess.run(
-        [sys.executable, "-m", "marco_jax.export", f"--workdir={trained_workdir}",
-         "--format=openvino", "--int8", "--calibration_split=test", f"--data_dir={tfds_data_dir}",
-         "--force", f"--out={out}"],
-        capture_output=True, text=True, cwd=REPO,
+    code = _export(
+        f"--workdir={trained_workdir}", "--format=openvino", "--int8", "--calibration_split=test",
+        f"--data_dir={tfds_data_dir}", "--force", f"--out={out}",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = runtime.load_exported(printed["path"])
     assert model.quantization == printed["int8"]
     figures = printed["int8"]
