@@ -33,7 +33,6 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from marco_jax.data import tiff
 from marco_jax.data.image_inputs import (  # noqa: F401  (re-exported: the reading API in one place)
     IMAGE_EXTENSIONS,
     LIST_EXTENSIONS,
@@ -151,6 +150,8 @@ def _read_with_tifffile(
 ) -> np.ndarray:
     """A TIFF Pillow could not open or decode: tifffile reads it, or says what is unsupported;
     if tifffile cannot parse it either, Pillow's reason stands (the file is damaged)."""
+    from marco_jax.data import tiff  # tifffile: only for the rare TIFF Pillow cannot read
+
     try:
         pixels, orientation = tiff.read_tiff(path, max_pixels=max_pixels, background=background)
     except tiff.TiffUnsupportedError as e:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -212,18 +213,37 @@ def _legacy_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, n
     return lower.astype(np.int64), upper, (position - lower).astype(np.float32)
 
 
-def tf1_resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
-    """`tf.compat.v1.image.resize_bilinear(align_corners=False)` of one float32 [H, W, C] image to
-    size x size, with TF's float32 arithmetic and order (top/bottom rows lerped along x, then y)."""
+def tf1_resize_bilinear(
+    image: np.ndarray, size: int, to_float: Callable[[np.ndarray], np.ndarray] = np.asarray
+) -> np.ndarray:
+    """`tf.compat.v1.image.resize_bilinear(align_corners=False)` of one [H, W, C] image to
+    size x size, with TF's float32 arithmetic and order (top/bottom rows lerped along x, then y).
+
+    to_float: maps source pixels to float32 (a new array), applied only to the four source
+    pixels gathered for each output pixel. A per-pixel conversion gives the same values as
+    converting the whole image first, without converting the megapixels the resize never reads
+    (a 2028 x 2028 crop of a drop photograph is 4 % read for 599 px).
+    """
     top, bottom, y_lerp = _legacy_taps(size, image.shape[0])
     left, right, x_lerp = _legacy_taps(size, image.shape[1])
-    x_lerp = x_lerp[None, :, None]
+    # The weight of each output column for each channel, [size, C]: broadcast over the rows only,
+    # numpy multiplies whole contiguous rows (a [1, size, 1] weight runs 3-element loops).
+    x_lerp = np.repeat(x_lerp[:, None], image.shape[2], axis=1)
+
+    def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """a + (b - a) * t in float32, in place in b (the same roundings, no new arrays)."""
+        b -= a
+        b *= t
+        b += a
+        return b
 
     def along_x(rows: np.ndarray) -> np.ndarray:
-        return rows[:, left] + (rows[:, right] - rows[:, left]) * x_lerp
+        picked = image.take(rows, axis=0)  # `take`: several times faster than fancy indexing
+        at_left = np.asarray(to_float(picked.take(left, axis=1)), np.float32)
+        at_right = np.asarray(to_float(picked.take(right, axis=1)), np.float32)
+        return lerp(at_left, at_right, x_lerp)
 
-    upper, lower = along_x(image[top]), along_x(image[bottom])
-    return upper + (lower - upper) * y_lerp[:, None, None]
+    return lerp(along_x(top), along_x(bottom), y_lerp[:, None, None])
 
 
 def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
@@ -245,7 +265,7 @@ def _tf1_square_side(height: int, width: int, central_fraction: float) -> int:
 def tf1_crop_and_resize(image: ImageLike, top: int, left: int, side: int, size: int) -> np.ndarray:
     """The square [top, top+side) x [left, left+side) as float [0, 1], TF1-resized to size."""
     square = np.asarray(image)[top : top + side, left : left + side]
-    return tf1_resize_bilinear(_to_unit_float(square), size)
+    return tf1_resize_bilinear(square, size, to_float=_to_unit_float)
 
 
 def tf1_center_crop_and_resize(image: ImageLike, size: int, central_fraction: float) -> np.ndarray:

@@ -1,11 +1,14 @@
 """Scoring a list of image files with any predictor, and the CSV / exit-code contract of
 `python -m marco_jax.classify`.
 
-The model side is a callable `predict_fn(uint8 images [N, S, S, 3]) -> probabilities [N, 4]`
-(a jitted JAX model or an exported one), always called with exactly `batch_size` images so that
-a compiled or exported model sees one shape. Files are read and preprocessed in a thread pool
-(Pillow's decoders and resampling release the GIL) a bounded number of images ahead of the
-predictor, so decoding overlaps prediction without holding a whole plate in memory.
+The model side is a callable `predict_fn(images [N, S, S, 3]) -> probabilities [N, 4]` (a
+jitted JAX model or an exported one), called with at most `batch_size` images; with
+`pad_batches` always exactly `batch_size` (zero images pad the last batch), so that a jitted
+model sees one shape. Files are read and preprocessed in a thread pool (libjpeg-turbo, Pillow's
+resampling and numpy's copies release the GIL, and so do the exports' runtimes) a bounded number
+of images ahead of the predictor, in input order, so decoding overlaps prediction without holding
+a whole plate in memory. `ScoringStats` says where the time went: reading, waiting for images,
+predicting.
 
 Contract of the output:
 - one CSV row per input path, in input order: `path,prediction,p_<class>...` in CLASS_NAMES
@@ -22,6 +25,7 @@ import dataclasses
 import functools
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
@@ -58,6 +62,36 @@ DEFAULT_NUM_WORKERS = 4
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of decoded images in flight (`MemoryBudget`)
 
 
+@dataclasses.dataclass
+class ScoringStats:
+    """Where a scoring run's time went, filled in by `iter_scores`.
+
+    cpu_s: CPU seconds of the whole process while scoring (the runtime's threads included);
+    read_cpu_s: those of the reader threads, reading and cropping; predict_s: wall seconds in
+    predict_fn; waiting_s: wall seconds the predictor waited for a read image (the model
+    starved); wall_s: the whole run.
+    """
+
+    images: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    read_cpu_s: float = 0.0
+    predict_s: float = 0.0
+    waiting_s: float = 0.0
+
+    @property
+    def read_share(self) -> float:
+        """Reading and cropping's share of the CPU time: read_cpu_s / cpu_s."""
+        return min(self.read_cpu_s / self.cpu_s, 1.0) if self.cpu_s else 0.0
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            **dataclasses.asdict(self),
+            "read_share": self.read_share,
+            "images_per_s": self.images / self.wall_s if self.wall_s else 0.0,
+        }
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """The result for one input: probabilities in CLASS_NAMES order, or the reason it failed."""
@@ -91,6 +125,8 @@ def iter_scores(
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool = True,
+    pad_batches: bool = True,
+    stats: ScoringStats | None = None,
 ) -> Iterator[Row]:
     """Scores every file with the evaluation transform, one Row at a time in input order, each
     as soon as it and every row before it are done, so that a caller can write them as they
@@ -100,6 +136,9 @@ def iter_scores(
     tta: names from TTA_TRANSFORMS whose probabilities are averaged (ALL_TTA for all 8); empty
       to score each image once as it is.
     progress: draw a progress bar on stderr.
+    pad_batches: call predict_fn with exactly batch_size images (for a jitted model); False
+      sends the last batch as it is (exports take any batch size).
+    stats: filled in with where the time went (`ScoringStats`).
     memory_budget: bytes the readers may hold in decoded images at once (`MemoryBudget`): an
       81-megapixel photograph takes about 0.7 GB while it is decoded and cropped, so the
       number of workers alone does not bound memory.
@@ -110,11 +149,15 @@ def iter_scores(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     transforms = [TTA_TRANSFORMS[name] for name in tta] or [np.asarray]
+    stats = stats if stats is not None else ScoringStats()
+    began, began_cpu = time.perf_counter(), time.process_time()
+    read_seconds: list[float] = []  # CPU seconds, appended by the reader threads
     load = functools.partial(
         _load_and_crop,
         preprocessing=preprocessing,
         max_pixels=max_pixels,
         budget=MemoryBudget(memory_budget),
+        seconds=read_seconds,
     )
     rows: list[Row | None] = [None] * len(paths)
     prob_sums = np.zeros((len(paths), NUM_CLASSES), np.float64)
@@ -127,7 +170,10 @@ def iter_scores(
     def predict_queued(count: int) -> None:
         batch = queue[:count]
         del queue[:count]
-        probs = _predict_padded(predict_fn, [crop for _, crop in batch], batch_size)
+        start = time.perf_counter()
+        crops = [crop for _, crop in batch]
+        probs = _predict_padded(predict_fn, crops, batch_size if pad_batches else len(crops))
+        stats.predict_s += time.perf_counter() - start
         for (index, _), p in zip(batch, probs, strict=True):
             prob_sums[index] += p
             views_done[index] += 1
@@ -148,7 +194,11 @@ def iter_scores(
     try:
         # Enough images in flight to fill the next batches while the predictor runs.
         ahead = 2 * max(batch_size, num_workers)
-        for index, loaded in enumerate(_ordered_prefetch(pool, load, paths, ahead)):
+        loads = _ordered_prefetch(pool, load, paths, ahead)
+        for index in range(len(paths)):
+            start = time.perf_counter()
+            loaded = next(loads)
+            stats.waiting_s += time.perf_counter() - start
             if isinstance(loaded, str):
                 rows[index] = Row(paths[index], error=loaded)
                 bar.update()
@@ -163,6 +213,10 @@ def iter_scores(
     finally:  # also on Ctrl-C or an early close: no queued image is read any more
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
+        stats.images = done
+        stats.read_cpu_s = sum(read_seconds)
+        stats.cpu_s = time.process_time() - began_cpu
+        stats.wall_s = time.perf_counter() - began
 
 
 class MemoryBudget:
@@ -198,17 +252,23 @@ def _load_and_crop(
     preprocessing: preprocess.Preprocessing,
     max_pixels: int,
     budget: MemoryBudget | None = None,
+    seconds: list[float] | None = None,
 ) -> np.ndarray | str:
-    """The evaluation input for one file, or the reason it cannot be read."""
+    """The evaluation input for one file, or the reason it cannot be read; the CPU time it took
+    (this thread's) is appended to `seconds`."""
     reservation = budget.reserve(image_io.decode_cost(path)) if budget else contextlib.nullcontext()
     with reservation:
+        start = time.thread_time()
         try:
             image = image_io.load_image(
                 path, max_pixels=max_pixels, fast_dct=preprocessing.jpeg_dct == "fast"
             )
+            return preprocessing.eval_transform(image)
         except image_io.ImageReadError as e:
             return e.reason
-        return preprocessing.eval_transform(image)
+        finally:
+            if seconds is not None:
+                seconds.append(time.thread_time() - start)
 
 
 def _ordered_prefetch(

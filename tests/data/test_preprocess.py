@@ -241,3 +241,23 @@ def test_train_transform_is_deterministic_for_a_seed():
         preprocess.train_transform(image, np.random.default_rng(s), **kwargs) for s in range(5)
     ]
     assert any(not np.array_equal(first, other) for other in others)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size"),
+    [(960, 1280, 599), (1024, 1224, 151), (80, 60, 151), (599, 599, 599)],  # down, up, identity
+)
+def test_tf1_center_crop_and_resize_is_tensorflows_resize_bit_for_bit(height, width, size):
+    """The release graph's ops (convert_image_dtype, the central square, ResizeBilinear with TF1's
+    legacy pixel centres) give exactly our float32 pixels."""
+    tf = pytest.importorskip("tensorflow")
+    image = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = tf.image.convert_image_dtype(image[top : top + side, left : left + side], tf.float32)
+    expected = tf.raw_ops.ResizeBilinear(
+        images=square[None], size=[size, size], align_corners=False, half_pixel_centers=False
+    )[0].numpy()
+    got = preprocess.tf1_center_crop_and_resize(image, size, 1.0)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)

@@ -53,7 +53,9 @@ def _use_fake_model(monkeypatch) -> list[int]:
         return _fake_predict(images)
 
     monkeypatch.setattr(
-        predictors, "exported_predictor", lambda path: predictors.Predictor(predict, PREPROCESSING)
+        predictors,
+        "exported_predictor",
+        lambda path, **options: predictors.Predictor(predict, PREPROCESSING),
     )
     return calls
 
@@ -237,7 +239,7 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_where(tmp_path):
         def slow(images):
             time.sleep(0.2)
             return _fake_predict(images)
-        predictors.exported_predictor = lambda path: predictors.Predictor(
+        predictors.exported_predictor = lambda path, **options: predictors.Predictor(
             slow, preprocess.Preprocessing(16, 0.875))
         sys.argv = ["classify", "--model=fake.onnx", "--batch_size=2", "--output={out}",
                     {str(tmp_path)!r}]
@@ -477,7 +479,9 @@ def test_crash_while_scoring_says_where_the_finished_rows_are(monkeypatch, tmp_p
         return _fake_predict(images)
 
     monkeypatch.setattr(
-        predictors, "exported_predictor", lambda path: predictors.Predictor(predict, PREPROCESSING)
+        predictors,
+        "exported_predictor",
+        lambda path, **options: predictors.Predictor(predict, PREPROCESSING),
     )
     out = tmp_path / "out.csv"
     with pytest.raises(ValueError, match="the model broke"):  # a crash stays a crash (exit 1)
@@ -530,3 +534,23 @@ def test_a_corrupted_checkpoint_is_refused_for_scoring(trained_workdir, tmp_path
     message = _last_error(capsys)
     assert f"checkpoint {step_dir.name} in {workdir} is corrupt" in message, message
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_exports_get_unpadded_batches_and_the_stats_say_where_the_time_went(tmp_path):
+    paths = [str(_jpeg(tmp_path / f"{i}.jpg", i)) for i in range(5)]
+    for pad, expected in ((True, [2, 2, 2]), (False, [2, 2, 1])):
+        sizes, stats = [], engine.ScoringStats()
+
+        def predict(images, sizes=sizes):
+            sizes.append(len(images))
+            return _fake_predict(images)
+
+        rows = list(
+            engine.iter_scores(
+                paths, predict, preprocessing=PREPROCESSING, batch_size=2, progress=False,
+                pad_batches=pad, stats=stats,
+            )
+        )  # fmt: skip
+        assert [r.path for r in rows] == paths and sizes == expected
+        assert stats.images == 5 and stats.read_cpu_s > 0 and 0 < stats.read_share <= 1
+        assert stats.wall_s >= stats.predict_s > 0 and stats.cpu_s >= stats.read_cpu_s

@@ -245,7 +245,7 @@ def test_export_from_workdir_loads_the_requested_checkpoint(tiny_config, tmp_pat
     calls = []
     real_load = store.load
 
-    def load(workdir, checkpoint="best", use_ema=True):
+    def load(workdir, checkpoint="best", use_ema=True, data_dir=None):
         calls.append((workdir, checkpoint, use_ema))
         if checkpoint not in ("best", "1200"):
             return real_load(workdir, checkpoint, use_ema)  # its errors, as the command's

@@ -1,22 +1,27 @@
 """What every export records besides its weights, so that `classify --model` preprocesses exactly
 as the model was trained: its preprocessing (`image_size`, `central_fraction`, `resize_method`,
-`jpeg_dct`), `class_names` and where the weights came from (`provenance`). SavedModel: the file
+`jpeg_dct`), `class_names` and where the weights came from (`provenance`); an int8 export also
+its calibration and its measured agreement with the float model (`int8`). SavedModel: the file
 `SAVED_MODEL_METADATA`; ONNX: metadata property `METADATA_KEY`; TFLite: flatbuffer metadata
-`METADATA_KEY`.
+`METADATA_KEY`; OpenVINO IR: the model's rt_info at `OPENVINO_METADATA_PATH`. All hold the same
+JSON text.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
 import numpy as np
 
 from marco_jax.data import preprocess
 from marco_jax.labels import CLASS_NAMES
 
+if TYPE_CHECKING:
+    import ml_collections
+
 METADATA_KEY = "marco"
 SAVED_MODEL_METADATA = "assets.extra/marco_export.json"
+OPENVINO_METADATA_PATH = (METADATA_KEY,)
 
 
 def _metadata(config: ml_collections.ConfigDict) -> dict[str, Any]:

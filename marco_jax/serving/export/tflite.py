@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from marco_jax.serving.export.fold import Network
 from marco_jax.serving.export.metadata import METADATA_KEY
-from marco_jax.serving.export.tf_graph import _images_spec, _make_tf_module, _tf
+
+if TYPE_CHECKING:  # the network's code (JAX) only where a model is written
+    from marco_jax.serving.export.fold import Network
 
 
 def _tflite_with_metadata(flatbuffer: bytes, metadata: dict[str, Any]) -> bytes:
@@ -44,6 +45,8 @@ def _tflite_metadata(flatbuffer: bytes) -> dict[str, Any] | None:
 
 
 def _save_tflite(network: Network, metadata: dict[str, Any], path: pathlib.Path) -> None:
+    from marco_jax.serving.export.tf_graph import _images_spec, _make_tf_module, _tf
+
     tf = _tf()
     module = _make_tf_module(network, metadata)
     # TFLite has no use for the class-name strings.
