@@ -16,7 +16,7 @@ import os
 import pathlib
 from collections.abc import Sequence
 
-from absl import flags, logging
+from absl import flags
 
 from marco_jax import cli
 from marco_jax.serving import export
@@ -48,6 +48,9 @@ def export_from_workdir(
     )
 
 
+EXAMPLE = "python -m marco_jax.export --workdir /tmp/marco_synthetic --format onnx"
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_workdir_flag(fv, "Training workdir holding the checkpoints.")
     cli.define_checkpoint_flags(fv)
@@ -58,7 +61,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.check_no_positional(argv)
-    logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every step at INFO
     try:
         path = export_from_workdir(fv.workdir, fv.format, fv.out, fv.checkpoint, fv.raw_weights)
     except cli.ArgumentError as e:
@@ -67,7 +69,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def run() -> None:
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, EXAMPLE)
 
 
 if __name__ == "__main__":
