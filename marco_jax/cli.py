@@ -159,13 +159,11 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str]) -> list[str]:
         fail(f"{error} (see --help)")
 
 
-def _log_folder(fv: flags.FlagValues, command: str) -> str | None:
-    """The workdir, where the command has one that exists (training creates its own); else
-    None: the log goes to a temporary folder."""
+def _log_folder(fv: flags.FlagValues) -> str | None:
+    """The workdir, where the command has one that exists; else None: the log goes to a
+    temporary folder (training moves it into the workdir it creates, `logs.move_to`)."""
     workdir = fv["workdir"].value if "workdir" in fv else None
-    if not workdir or "://" in workdir:
-        return None
-    return workdir if command == "train" or os.path.isdir(workdir) else None
+    return workdir if workdir and "://" not in workdir and os.path.isdir(workdir) else None
 
 
 def run_parsed(
@@ -174,8 +172,7 @@ def run_parsed(
     fv: flags.FlagValues,
 ) -> int | None:
     """`main` on parsed flags inside its console/log-file split (`logs.CommandLog`)."""
-    command = command_name(main)
-    with logs.CommandLog(command, _log_folder(fv, command), logs.requested_verbosity(fv)):
+    with logs.CommandLog(command_name(main), _log_folder(fv), logs.requested_verbosity(fv)):
         return main(argv, fv)
 
 

@@ -118,18 +118,25 @@ def _terminal_stream() -> tuple[IO[str], int | None]:
     return stream, duplicate
 
 
+def _open_in(folder: str | os.PathLike, command: str) -> IO[str]:
+    """FOLDER/logs/<command>.log, appended (OSError when it cannot be written)."""
+    directory = Path(folder) / LOG_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    return open(directory / f"{command}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+
 def _open_log(command: str, folder: str | os.PathLike | None) -> IO[str]:
     """FOLDER/logs/<command>.log, or the same name in a temporary folder when FOLDER is None or
     cannot be written (a read-only shared model, say)."""
-    candidates = [Path(folder) / LOG_DIR] if folder is not None else []
-    candidates.append(Path(tempfile.gettempdir()) / "marco_jax_logs")
-    for directory in candidates:
+    for candidate in [folder] if folder is not None else []:
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            return open(directory / f"{command}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            return _open_in(candidate, command)
         except OSError:
-            continue
-    return open(os.devnull, "a", encoding="utf-8")  # noqa: SIM115 - nowhere writable at all
+            pass
+    try:
+        return _open_in(Path(tempfile.gettempdir()) / "marco_jax", command)
+    except OSError:
+        return open(os.devnull, "a", encoding="utf-8")  # noqa: SIM115 - nowhere writable at all
 
 
 class CommandLog:
@@ -152,6 +159,7 @@ class CommandLog:
         global _active
         self.file = _open_log(self.command, self.folder)
         self.path = Path(self.file.name) if self.file.name != os.devnull else None
+        self.start = self.file.tell()  # where this run's lines begin (see move_to)
         now = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
         self.file.write(
             f"==== {now} {socket.gethostname()} pid {os.getpid()}: {' '.join(sys.argv)}\n"
@@ -171,7 +179,7 @@ class CommandLog:
         to_file.setFormatter(_AbslFormatter())
         to_console.setFormatter(_AbslFormatter() if self.verbose else _PlainFormatter())
         to_console.setLevel(self.level)
-        self._handlers = [to_file, to_console]
+        self._handlers, self.to_file = [to_file, to_console], to_file
         for handler in self._handlers:
             root.addHandler(handler)
         root.setLevel(min(self.level, logging.INFO))
@@ -205,6 +213,37 @@ class CommandLog:
             sys.stderr = self._stderr
             self.console.close()
         self.file.close()
+
+
+def move_to(folder: str | os.PathLike) -> None:
+    """Continues the running command's log in FOLDER/logs/, with the lines it has written so far
+    (no-op outside a command, when it is there already, or when FOLDER cannot be written).
+
+    Training calls it once its config is accepted: a new workdir does not exist before, and an
+    invocation refused in one line leaves no folder behind.
+    """
+    active = _active
+    target = Path(folder) / LOG_DIR / f"{active.command}.log" if active is not None else None
+    if (
+        target is None
+        or "://" in str(folder)
+        or (active.path is not None and active.path.resolve() == target.resolve())
+    ):
+        return
+    try:
+        new = _open_in(folder, active.command)
+    except OSError:
+        return
+    active.file.flush()
+    if active.path is not None:
+        with open(active.path, encoding="utf-8", errors="replace") as old:
+            old.seek(active.start)
+            new.write(old.read())
+    if active._terminal is not None:
+        os.dup2(new.fileno(), 2)
+    active.to_file.setStream(new)
+    active.file.close()
+    active.file, active.path, active.start = new, target, 0
 
 
 def requested_verbosity(fv: flags.FlagValues) -> int | None:

@@ -70,6 +70,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
     # Before anything logs: a bad value is the only output, one line per field.
     if problems := config_checks.problems(fv.config):
         _fail(EXIT_USAGE, "\nerror: ".join(problems))
+    logs.move_to(fv.workdir)  # accepted: the log continues in the workdir, created now
     # Imported only now: loading TensorFlow (through clu's writers) takes seconds, and a bad
     # value is answered before that.
     from marco_jax.training import train

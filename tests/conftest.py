@@ -42,7 +42,7 @@ def trained_run(tmp_path_factory, tfds_data_dir) -> tuple[pathlib.Path, str]:
     eval JSON, logs/train.log) and what the console showed (stdout and stderr together)."""
     from marco_jax import cli, main
 
-    workdir = tmp_path_factory.mktemp("trained")
+    workdir = tmp_path_factory.mktemp("trained") / "run"  # created by the run, as a new one is
     argv = ["marco_jax.main", "--config=ci", f"--workdir={workdir}"]
     argv.append(f"--config.dataset.data_dir={tfds_data_dir}")
     console = io.StringIO()

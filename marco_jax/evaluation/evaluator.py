@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -71,9 +71,14 @@ class Evaluator:
             out_shardings=replicated,
         )
 
-    def predict(self, params: Any, batch_stats: Any, *, leave_bar: bool = True) -> Predictions:
-        """The network with these weights over every record of the source, under a progress bar
-        (on process 0) that stays on the console when `leave_bar`."""
+    def predict(
+        self, params: Any, batch_stats: Any, *, progress: Callable[[int], None] | None = None
+    ) -> Predictions:
+        """The network with these weights over every record of the source.
+
+        progress: called with the number of records done after each batch (the training loop
+          shows it on its own bar); without it, a progress bar of its own (on process 0).
+        """
         dataset = input_pipeline.create_eval_dataset(
             self.config,
             self.source,
@@ -84,9 +89,12 @@ class Evaluator:
         probs = np.zeros((len(self.source), self.config.model.num_classes), np.float32)
         labels = np.zeros(len(self.source), np.int64)
         local_texts: dict[str, dict[int, str]] = {field: {} for field in self.text_fields}
-        bar = logs.progress(
-            len(self.source), "predict", "img", leave=leave_bar, enabled=jax.process_index() == 0
-        )
+        bar = None
+        if progress is None:
+            bar = logs.progress(
+                len(self.source), "predict", "img", enabled=jax.process_index() == 0
+            )
+        done = 0
         for local in dataset:
             mine = local["mask"]
             for field in self.text_fields:
@@ -103,8 +111,13 @@ class Evaluator:
             valid = out["mask"]
             probs[out["index"][valid]] = out["probs"][valid]
             labels[out["index"][valid]] = out["label"][valid]
-            bar.update(int(valid.sum()))
-        bar.close()
+            done += int(valid.sum())
+            if bar is None:
+                progress(done)
+            else:
+                bar.update(int(valid.sum()))
+        if bar is not None:
+            bar.close()
         return Predictions(probs, labels, self._all_texts(local_texts))
 
     def _all_texts(self, local_texts: dict[str, dict[int, str]]) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
@@ -119,11 +120,17 @@ def _evaluate(
     step: int,
     workdir: str,
     writer: metric_writers.MetricWriter,
+    bar: tqdm.tqdm,
 ) -> dict[str, Any]:
-    """Evaluates the EMA (or raw, `config.eval_with_ema`) weights; writes eval/step_<N>.json,
-    eval/latest.json (process 0) and the accuracies as scalars."""
+    """Evaluates the EMA (or raw, `config.eval_with_ema`) weights, its progress on the training
+    bar; writes eval/step_<N>.json, eval/latest.json (process 0), the scalars and the confusion
+    matrix."""
     use_ema = split_evaluator.config.eval_with_ema
-    predictions = split_evaluator.predict(*store.chosen_weights(state, use_ema), leave_bar=False)
+    total = len(split_evaluator.source)
+    predictions = split_evaluator.predict(
+        *store.chosen_weights(state, use_ema),
+        progress=lambda done: bar.set_postfix_str(f"evaluating {done}/{total}"),
+    )
     summary = {"step": step, "weights": "ema" if use_ema else "raw"}
     summary |= evaluator.summary(predictions)
     per_class = ", ".join(
@@ -304,6 +311,7 @@ def _train_and_evaluate(
     pending: tuple[int, dict[str, jax.Array]] | None = None
     train_iter = None
     bar = logs.progress(num_steps, "train", "step", initial=step, enabled=is_chief)
+    postfix = ""  # the last logged loss
     try:
         if step < num_steps and status != EARLY_STOPPED:
             # The data position is the step: one batch per step (see checkpoints).
@@ -343,10 +351,12 @@ def _train_and_evaluate(
                 summary["train/step_time_ms"] = 1000 * elapsed / (step - last_log[0])
                 writer.write_scalars(step, summary)
                 logging.info(_train_line(step, num_steps, summary))
-                bar.set_postfix_str(f"loss {summary['train/loss']:.4f}", refresh=False)
+                postfix = f"loss {summary['train/loss']:.4f}"
+                bar.set_postfix_str(postfix, refresh=False)
                 history, last_log = [], (step, time.perf_counter())
             if is_eval:
-                eval_metrics = _evaluate(eval_split, state, step, workdir, writer)
+                eval_metrics = _evaluate(eval_split, state, step, workdir, writer, bar)
+                bar.set_postfix_str(postfix)
                 progress = _update_progress(progress, step, eval_metrics["accuracy"])
             preempted = preemption.should_stop(step)
             early = _early_stopped(config, progress)
@@ -363,7 +373,7 @@ def _train_and_evaluate(
             saver.save(step, state, progress)  # a finished run is saved as finished
         saver.finish()
         if not eval_metrics:  # the run had already finished or stopped: report where it stands
-            eval_metrics = _evaluate(eval_split, state, step, workdir, writer)
+            eval_metrics = _evaluate(eval_split, state, step, workdir, writer, bar)
     finally:
         bar.close()
         preemption.close()
