@@ -36,7 +36,8 @@ def test_training_console_shows_progress_metrics_and_summary_and_the_log_keeps_t
     workdir, console = trained_run
     assert _library_lines(console) == []
     assert re.search(
-        r"^marco_inception_v3: 97,836 parameters, 9\.\d+ MFLOPs per 151 px image; 1 cpu ",
+        r"^marco_inception_v3: 97,836 parameters, 9\.\d+ MFLOPs per 151 px image; "
+        r"training on 1 cpu device\.$",
         console,
         re.M,
     )

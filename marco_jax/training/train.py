@@ -287,14 +287,16 @@ def _train_and_evaluate(
         flops = predict.flops_per_image(
             graphdef, (state.params, state.batch_stats), config.model.image_size
         )
+        devices = jax.device_count()
         logging.info(
-            "%s: %s parameters, %.3g %sFLOPs per %d px image; %d %s device(s).",
+            "%s: %s parameters, %.3g %sFLOPs per %d px image; training on %d %s device%s.",
             config.model.name,
             f"{parameter_overview.count_parameters(state.params):,}",
             *((flops / 1e9, "G") if flops >= 1e9 else (flops / 1e6, "M")),
             config.model.image_size,
-            jax.device_count(),
+            devices,
             jax.devices()[0].platform,
+            "s" if devices > 1 else "",
         )
     hooks = []
     if is_chief and config.profile_steps > 0:
