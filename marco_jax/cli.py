@@ -17,6 +17,7 @@ traceback: the user has to fix the invocation, not the code. absl exits with 1 o
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import textwrap
@@ -72,7 +73,7 @@ def check_no_positional(argv: Sequence[str]) -> None:
 def fail(message: str) -> NoReturn:
     """Ends the program with EXIT_USAGE after printing `message` to stderr (and the log file)."""
     sys.stderr.write(f"error: {message}\n")
-    logs.keep(f"error: {message}")
+    logs.keep(message, logging.ERROR)
     sys.exit(EXIT_USAGE)
 
 
@@ -101,10 +102,16 @@ def _required(flag: flags.Flag) -> bool:
     return any("must have a value other than None" in str(v.message) for v in flag.validators)
 
 
+def _help_line(name: str, text: str) -> str:
+    return textwrap.fill(
+        text,
+        _HELP_WIDTH,
+        initial_indent=f"  {name:<{_NAME_WIDTH}} ",
+        subsequent_indent=" " * (_NAME_WIDTH + 3),
+    )
+
+
 def _flag_line(flag: flags.Flag) -> str:
-    name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
-    if flag.short_name:
-        name += f", -{flag.short_name}"
     text = flag.help
     if _required(flag):
         text += " (required)"
@@ -113,12 +120,7 @@ def _flag_line(flag: flags.Flag) -> str:
             ",".join(map(str, flag.default)) if isinstance(flag.default, list) else flag.default
         )
         text += f" (default {default})"
-    return textwrap.fill(
-        text,
-        _HELP_WIDTH,
-        initial_indent=f"  {name:<{_NAME_WIDTH}} ",
-        subsequent_indent=" " * (_NAME_WIDTH + 3),
-    )
+    return _help_line(f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}", text)
 
 
 def help_text(
@@ -134,19 +136,13 @@ def help_text(
     lines += ["", "Flags:"]
     lines += [_flag_line(own[name]) for name in own if own[name].name == name]
     lines.append(
-        _flag_line(
-            flags.Flag(
-                flags.IntegerParser(),
-                None,
-                "verbosity",
-                None,
-                "Also show library messages on the console: 0 INFO, 1 DEBUG (default: only in "
-                "the log file, WORKDIR/logs/).",
-                short_name="v",
-            )
+        _help_line(
+            "--verbosity, -v",
+            "absl's: also show library messages on the console, 0 INFO, 1 DEBUG (by default "
+            "they go only to the log file, WORKDIR/logs/<command>.log).",
         )
     )
-    lines.append(f"  {'--helpfull':<{_NAME_WIDTH}} Every flag, absl's included.")
+    lines.append(_help_line("--helpfull", "Every flag, absl's included."))
     return "\n".join(lines)
 
 

@@ -209,9 +209,9 @@ class CommandLog:
         self.console.flush()
         if self._terminal is not None:
             os.dup2(self._terminal, 2)
-            os.close(self._terminal)
             sys.stderr = self._stderr
             self.console.close()
+            os.close(self._terminal)
         self.file.close()
 
 
@@ -267,10 +267,10 @@ def result(text: str) -> None:
         _LOGGER.info(text, extra={_SHOW: False})
 
 
-def keep(text: str) -> None:
+def keep(text: str, level: int = logging.INFO) -> None:
     """Writes `text` into the log file only (e.g. an error line already on the console)."""
     if _active is not None:
-        _LOGGER.info(text, extra={_SHOW: False})
+        _LOGGER.log(level, text, extra={_SHOW: False})
 
 
 def progress(

@@ -22,6 +22,7 @@ Exit codes, so that a scheduler can tell the cases apart (each failure is one li
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def _fail(code: int, message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
-    logs.keep(f"error: {message}")
+    logs.keep(message, logging.ERROR)
     sys.exit(code)
 
 

@@ -41,9 +41,11 @@ def main_command(workdir, data_dir, *overrides: str) -> list[str]:
     ]
 
 
-def invoke_command(command: str, args: list, monkeypatch, capsys) -> tuple[int, list[str]]:
+def invoke_command(
+    command: str, args: list, monkeypatch, capsys
+) -> tuple[int, list[str], list[str]]:
     """`python -m marco_jax.<command> ARGS` in this process, as `cli.run` runs it (its flag
-    parsing, its console and log file): (exit code, stderr lines)."""
+    parsing, its console and log file): (exit code, stderr lines, stdout lines)."""
     module = importlib.import_module(f"marco_jax.{command}")
     argv = [f"marco_jax.{command}", *map(str, args)]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
@@ -53,4 +55,5 @@ def invoke_command(command: str, args: list, monkeypatch, capsys) -> tuple[int, 
         code = cli.run_parsed(module.main, cli.parse_flags(fv, argv), fv) or 0
     except SystemExit as e:
         code = e.code
-    return code, capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines(), captured.out.strip().splitlines()
