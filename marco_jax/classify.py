@@ -83,6 +83,9 @@ EXIT_OUTPUT_FAILED = 4  # the CSV (or a heat map) could not be written; finished
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); finished rows are kept
 
 
+EXAMPLE = "python -m marco_jax.classify --workdir /tmp/marco_synthetic plates/ --output s.csv"
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags, in `fv` (a private FlagValues runs the command inside a test)."""
     cli.define_workdir_flag(fv, "Training workdir whose checkpoint scores the images.")
@@ -295,7 +298,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
 
 
 def run() -> None:
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, EXAMPLE)
 
 
 if __name__ == "__main__":

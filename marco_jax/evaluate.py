@@ -30,7 +30,7 @@ from typing import Any
 import jax
 from absl import flags, logging
 
-from marco_jax import cli, parallel
+from marco_jax import cli, logs, parallel
 from marco_jax.data import input_pipeline
 from marco_jax.evaluation import evaluator, metrics, per_image, report
 from marco_jax.labels import CLASS_NAMES
@@ -60,6 +60,14 @@ def write_evaluation(
         predictions.probs,
         sources=predictions.sources(),
         crystal_threshold=crystal_threshold,
+    )
+    logging.info(
+        "accuracy %.4f on %d images of %s (step %d, %s weights)",
+        result["accuracy"],
+        result["num_examples"],
+        split,
+        loaded.step,
+        "EMA" if loaded.use_ema else "raw",
     )
     if jax.process_index() != 0:
         return {}
@@ -121,6 +129,9 @@ def evaluate(
     )
 
 
+EXAMPLE = "python -m marco_jax.evaluate --workdir /tmp/marco_synthetic"
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_workdir_flag(fv)
     cli.define_checkpoint_flags(fv)
@@ -163,12 +174,11 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
     except cli.ArgumentError as e:
         cli.fail(str(e))
     if paths:
-        logging.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
-        print(paths["html"])
+        logs.result(str(paths["html"]))
 
 
 def run() -> None:
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-from absl import flags, logging
+from absl import flags
 
 from marco_jax import cli
 from marco_jax.serving import export
@@ -119,6 +119,9 @@ def export_int8_from_workdir(
         raise cli.ArgumentError(str(e)) from e
 
 
+EXAMPLE = "python -m marco_jax.export --workdir /tmp/marco_synthetic --format onnx"
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_workdir_flag(fv, "Training workdir holding the checkpoints.")
     cli.define_checkpoint_flags(fv)
@@ -163,7 +166,6 @@ def _check_flags(fv: flags.FlagValues) -> None:
 
 def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.check_no_positional(argv)
-    logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every step at INFO
     try:
         _check_flags(fv)
         if fv.int8:
@@ -187,7 +189,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def run() -> None:
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -16,20 +16,17 @@ another shape, OUT already holds a run), named in one line on stderr.
 from __future__ import annotations
 
 import json
-import pathlib
 from collections.abc import Sequence
 
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import flags
 from etils import epath
-from ml_collections import config_flags
 
-from marco_jax import cli
+from marco_jax import cli, config_utils
 from marco_jax.model import inception, release
 from marco_jax.runs import store
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 PROVENANCE_FILE = "release.json"
 
 
@@ -77,18 +74,15 @@ def import_release(
     return provenance
 
 
+EXAMPLE = "python -m marco_jax.import_release --savedmodel savedmodel --workdir runs/release"
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string(
         "savedmodel", None, "The unzipped release: saved_model.pb + variables/.", flag_values=fv
     )
     cli.define_workdir_flag(fv, "The workdir to write (must not hold a run yet).")
-    config_flags.DEFINE_config_file(
-        "config",
-        str(DEFAULT_CONFIG),
-        "Config of the release's network.",
-        flag_values=fv,
-        lock_config=True,
-    )
+    config_utils.define_config_flag(fv, "Config of the release's network.", default="default")
     flags.mark_flags_as_required(["savedmodel", "workdir"], flag_values=fv)
 
 
@@ -102,7 +96,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def run() -> None:
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -22,16 +22,17 @@ Exit codes, so that a scheduler can tell the cases apart (each failure is one li
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import jax
-from absl import flags, logging
+from absl import flags
 from clu import platform
-from ml_collections import config_flags
 
-from marco_jax import cli, parallel
-from marco_jax.runs import lock
+from marco_jax import cli, config_utils, logs, parallel
+from marco_jax.runs import lock, store
 from marco_jax.training import checkpoints, config_checks
 
 EXIT_FINISHED = 0
@@ -41,11 +42,12 @@ EXIT_CHECKPOINT = 4
 EXIT_PREEMPTED = 75
 
 
+EXAMPLE = "python -m marco_jax.main --config synthetic --workdir /tmp/marco_synthetic"
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_workdir_flag(fv, "Directory for checkpoints, logs and eval results.")
-    config_flags.DEFINE_config_file(
-        "config", None, "Training config file.", flag_values=fv, lock_config=True
-    )
+    config_utils.define_config_flag(fv, "Training config.")
     flags.DEFINE_string(
         "coordinator_address",
         None,
@@ -60,6 +62,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def _fail(code: int, message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
+    logs.keep(message, logging.ERROR)
     sys.exit(code)
 
 
@@ -68,8 +71,9 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
     # Before anything logs: a bad value is the only output, one line per field.
     if problems := config_checks.problems(fv.config):
         _fail(EXIT_USAGE, "\nerror: ".join(problems))
-    # Imported only now: loading TensorFlow (through clu's writers) prints C++ banners that no
-    # flag silences, and a bad value must be the only line a user sees.
+    logs.move_to(fv.workdir)  # accepted: the log continues in the workdir, created now
+    # Imported only now: loading TensorFlow (through clu's writers) takes seconds, and a bad
+    # value is answered before that.
     from marco_jax.training import train
 
     parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
@@ -79,29 +83,46 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
     platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, fv.workdir, "workdir")
     try:
         result = train.train_and_evaluate(fv.config, fv.workdir)
-    except (config_checks.ConfigError, lock.WorkdirLockedError) as e:
+    except (config_checks.ConfigError, lock.WorkdirLockedError, cli.ArgumentError) as e:
         _fail(EXIT_USAGE, str(e).replace("\n", "\nerror: "))
     except train.NonFiniteLossError as e:
         _fail(EXIT_DIVERGED, str(e))
     except checkpoints.CheckpointError as e:
         _fail(EXIT_CHECKPOINT, str(e))
-    logging.info(
-        "Final evaluation: accuracy %.4f at step %s (%s).",
-        result["accuracy"],
-        result["step"],
-        result["status"],
-    )
     if result["status"] == train.PREEMPTED:
         sys.stderr.write(
             f"preempted at step {result['stopped_at']}: checkpoint saved; relaunch to resume "
             f"(exit {EXIT_PREEMPTED}).\n"
         )
         sys.exit(EXIT_PREEMPTED)
-    print(f"{result['status']} at step {result['step']}, accuracy {result['accuracy']:.4f}.")
+    if jax.process_index() == 0:
+        logs.result(closing_summary(fv.workdir, result))
+
+
+def closing_summary(workdir: str, result: dict) -> str:
+    """The run's outcome, where its outputs are, and the next command."""
+    per_class = ", ".join(
+        f"{name} {value:.3f}"
+        for name, value in result["per_class_accuracy"].items()
+        if value is not None
+    )
+    log = logs.log_path()
+    evaluated = "" if result["step"] == result["stopped_at"] else f" at step {result['step']}"
+    lines = [
+        f"{result['status']} at step {result['stopped_at']}: accuracy {result['accuracy']:.4f}"
+        f"{evaluated} ({result['weights']} weights; {per_class}).",
+        f"  checkpoints  {os.path.join(workdir, store.CHECKPOINT_DIR)}",
+        f"  TensorBoard  tensorboard --logdir {workdir}",
+    ]
+    lines += [f"  log          {log}"] if log is not None else []
+    lines.append(
+        f"next: python -m marco_jax.evaluate --workdir {workdir}  (the paper's Tables 4-6, Fig 3)"
+    )
+    return "\n".join(lines)
 
 
 def run() -> None:
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from marco_jax import logs
+
 DATA_AXIS = "data"
 
 # Environment variables by which a launcher reveals a multi-process job that
@@ -59,14 +61,14 @@ def initialize_distributed(
             "Detected a %s job; initialising jax.distributed from its environment.", cluster
         )
         jax.distributed.initialize()
-    logging.info(
-        "Process %d of %d; %d local and %d global devices (%s).",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-        jax.devices()[0].platform,
+    devices = (
+        f"Process {jax.process_index()} of {jax.process_count()}; {jax.local_device_count()} "
+        f"local and {jax.device_count()} global devices ({jax.devices()[0].platform})."
     )
+    if jax.process_count() > 1:
+        logging.info(devices)
+    else:  # the console would show it before every one-line error; the log file keeps it
+        logs.keep(devices)
 
 
 def create_mesh() -> Mesh:

@@ -37,6 +37,8 @@ from absl import flags
 from marco_jax import cli, parallel
 from marco_jax.evaluation import relabel
 
+EXAMPLE = "python -m marco_jax.relabel --workdir /tmp/marco_synthetic"
+
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_workdir_flag(fv, "Training workdir whose model ranks the dataset.")
@@ -101,7 +103,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def run() -> None:
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, EXAMPLE)
 
 
 if __name__ == "__main__":

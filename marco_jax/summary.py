@@ -19,10 +19,9 @@ import numpy as np
 from absl import flags
 from clu import parameter_overview
 from flax import nnx
-from ml_collections import config_flags
 
-from marco_jax import cli
-from marco_jax.model import inception
+from marco_jax import cli, config_utils
+from marco_jax.model import inception, predict
 
 
 def _count(tree: Any) -> int:
@@ -32,29 +31,26 @@ def _count(tree: Any) -> int:
 def model_summary(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
     """Returns clu's parameter table and the summary numbers, without running the network."""
     model = nnx.eval_shape(lambda: inception.create_model(config))
-    graphdef, state = nnx.split(model)
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    graphdef, params, batch_stats = inception.split_model(model)
     size = config.model.image_size
-    image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-
-    def forward(state, images):
-        return nnx.merge(graphdef, state)(images, train=False)
-
-    lowered = jax.jit(forward).lower(state, image)
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    out = jax.eval_shape(forward, state, image)
+    out = jax.eval_shape(
+        lambda weights: nnx.merge(graphdef, *weights)(jnp.zeros((1, size, size, 3)), train=False),
+        (params, batch_stats),
+    )
     summary = {
         "params": _count(params),
-        "batch_stats": _count(nnx.state(model, nnx.BatchStat)),
-        "flops_per_image": float(cost["flops"]),
+        "batch_stats": _count(batch_stats),
+        "flops_per_image": predict.flops_per_image(graphdef, (params, batch_stats), size),
         "output_shape": list(out.shape),
     }
     return parameter_overview.get_parameter_overview(params, include_stats=False), summary
 
 
+EXAMPLE = "python -m marco_jax.summary --config default"
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    config_flags.DEFINE_config_file("config", None, "Path to a config file.", flag_values=fv)
+    config_utils.define_config_flag(fv, "The model's config.")
     flags.mark_flags_as_required(["config"], flag_values=fv)
 
 
@@ -66,7 +62,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def run() -> None:
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@ workdir per session. Plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pathlib
+import sys
 
 import ml_collections
 import pytest
-from helpers import ci_config, load_config
+from absl import flags
+from helpers import load_config
 
 
 @pytest.fixture
@@ -32,10 +36,27 @@ def tfds_data_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory, tfds_data_dir) -> pathlib.Path:
-    """A workdir holding a finished configs/ci.py run (checkpoints, config.json, eval JSON)."""
-    from marco_jax.training import train
+def trained_run(tmp_path_factory, tfds_data_dir) -> tuple[pathlib.Path, str]:
+    """A finished configs/ci.py run, made the way `python -m marco_jax.main` makes it (its flag
+    parsing, its console and log file; in this process): the workdir (checkpoints, config.json,
+    eval JSON, logs/train.log) and what the console showed (stdout and stderr together)."""
+    from marco_jax import cli, main
 
-    workdir = tmp_path_factory.mktemp("trained")
-    train.train_and_evaluate(ci_config(tfds_data_dir), str(workdir))
-    return workdir
+    workdir = tmp_path_factory.mktemp("trained") / "run"  # created by the run, as a new one is
+    argv = ["marco_jax.main", "--config=ci", f"--workdir={workdir}"]
+    argv.append(f"--config.dataset.data_dir={tfds_data_dir}")
+    console = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+        fv = flags.FlagValues()
+        main.define_flags(fv)
+        parsed = cli.parse_flags(fv, argv)
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+            cli.run_parsed(main.main, parsed, fv)
+    return workdir, console.getvalue()
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(trained_run) -> pathlib.Path:
+    """A workdir holding a finished configs/ci.py run (checkpoints, config.json, eval JSON)."""
+    return trained_run[0]

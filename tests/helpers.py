@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 import sys
 
 import ml_collections
+from absl import flags
 
-from marco_jax import config_utils
+from marco_jax import cli, config_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -37,3 +39,21 @@ def main_command(workdir, data_dir, *overrides: str) -> list[str]:
         f"--config.dataset.data_dir={data_dir}",
         *overrides,
     ]
+
+
+def invoke_command(
+    command: str, args: list, monkeypatch, capsys
+) -> tuple[int, list[str], list[str]]:
+    """`python -m marco_jax.<command> ARGS` in this process, as `cli.run` runs it (its flag
+    parsing, its console and log file): (exit code, stderr lines, stdout lines)."""
+    module = importlib.import_module(f"marco_jax.{command}")
+    argv = [f"marco_jax.{command}", *map(str, args)]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
+    fv = flags.FlagValues()
+    module.define_flags(fv)
+    try:
+        code = cli.run_parsed(module.main, cli.parse_flags(fv, argv), fv) or 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines(), captured.out.strip().splitlines()

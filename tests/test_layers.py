@@ -13,10 +13,12 @@ from helpers import REPO
 # Earlier stages first; a module may import (at import time) only from its own stage and from
 # earlier ones. training and serving are siblings: neither imports the other.
 STAGES = {
+    "marco_jax.logs": -1,  # the console and log file, which everything may write to
     "marco_jax.labels": 0,
     "marco_jax.parallel": 0,
     "marco_jax.cli": 0,
     "marco_jax.config_utils": 0,
+    "marco_jax.configs": 1,  # data, read through config_utils
     "marco_jax.model": 1,
     "marco_jax.data": 2,
     "marco_jax.runs": 3,

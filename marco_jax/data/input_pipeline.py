@@ -14,7 +14,9 @@ processes, and the iterator state (`get_state()`/`set_state()`, or grain.checkpo
 restores mid-epoch to exactly the same stream.
 """
 
+import atexit
 import functools
+import gc
 import math
 import os
 import threading
@@ -27,6 +29,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from marco_jax import cli, logs
 from marco_jax.data import preprocess
 
 
@@ -103,6 +106,25 @@ def _die_with_parent(worker_index: int, worker_count: int) -> None:
     ).start()
 
 
+def _release_shared_memory() -> None:
+    """At exit: lets grain unlink the shared memory of the batches already consumed.
+
+    A worker hands each batch over in shared memory, which the main process unlinks when the
+    batch is freed, from grain's deletion thread. On CPU, JAX arrays made from a batch alias its
+    memory, and reference cycles keep the last ones alive until a collection; multiprocessing
+    then stops the deletion thread at exit before it has run, and the resource tracker warns
+    of "leaked shared_memory objects" (2 per training run: the last batch's images and labels).
+    So at exit, before multiprocessing's own clean-up (atexit runs in reverse order), collect
+    and wait for the pending deletions.
+    """
+    gc.collect()
+    from grain._src.python.ipc import shared_memory_array  # grain has no public handle on it
+
+    deletions = getattr(shared_memory_array.SharedMemoryArray, "_del_thread_pool", None)
+    if deletions is not None:
+        deletions.apply(gc.collect)  # one thread, in order: every deletion queued before has run
+
+
 def _prefetch(config: ml_collections.ConfigDict, ds: grain.MapDataset) -> grain.IterDataset:
     """Hands the batch dataset to `num_workers` worker processes (none when 0)."""
     if config.input.num_workers > 0 and not flags.FLAGS.is_parsed():
@@ -110,6 +132,9 @@ def _prefetch(config: ml_collections.ConfigDict, ds: grain.MapDataset) -> grain.
         # unparsed, as in tests, notebooks and scripts that are not absl apps. Marking them
         # parsed keeps every flag at its default; an absl app has parsed them already.
         flags.FLAGS.mark_as_parsed()
+    if config.input.num_workers > 0:
+        atexit.unregister(_release_shared_memory)  # registered once, and after multiprocessing
+        atexit.register(_release_shared_memory)
     return ds.to_iter_dataset(_read_options(config)).mp_prefetch(
         grain.MultiprocessingOptions(
             num_workers=config.input.num_workers,
@@ -270,14 +295,25 @@ def open_tfds_source(config: ml_collections.ConfigDict, split: str) -> Sequence[
 
     from tfds_marco.marco import build
 
-    prepared = build(
-        config.dataset.config_name,
-        data_dir=config.dataset.data_dir,
-        manual_dir=config.dataset.manual_dir,
-        **config.dataset.get("config_overrides", {}),
-    ).data_dir
+    with logs.library_output_to_file() as quiet:
+        if quiet:
+            tfds.disable_progress_bar()  # its bars would only fill the log file
+        prepared = build(
+            config.dataset.config_name,
+            data_dir=config.dataset.data_dir,
+            manual_dir=config.dataset.manual_dir,
+            **config.dataset.get("config_overrides", {}),
+        ).data_dir
     # Read through a read-only builder of the prepared files: its source pickles into the grain
     # worker processes, where one holding the registered config object fails to unpickle.
-    return tfds.builder_from_directory(prepared).as_data_source(
-        split=split, decoders={"image": tfds.decode.SkipDecoding()}
-    )
+    builder = tfds.builder_from_directory(prepared)
+    try:
+        return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    except NotImplementedError:  # TFDS reads random access from array_record (or parquet) only
+        raise cli.ArgumentError(
+            f"{prepared} holds marco/{config.dataset.config_name} as "
+            f"{builder.info.file_format.value} files, which cannot be read by index; add "
+            f"array_record files beside them with `tfds convert_format --dataset_version_dir="
+            f"{prepared} --out_file_format=array_record`, or rebuild it with `tfds build "
+            "--file_format=array_record`."
+        ) from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from marco_jax import parallel
+from marco_jax import logs, parallel
 from marco_jax.data import input_pipeline
 from marco_jax.evaluation import metrics
 from marco_jax.model import inception, predict
@@ -71,8 +71,14 @@ class Evaluator:
             out_shardings=replicated,
         )
 
-    def predict(self, params: Any, batch_stats: Any) -> Predictions:
-        """The network with these weights over every record of the source."""
+    def predict(
+        self, params: Any, batch_stats: Any, *, progress: Callable[[int], None] | None = None
+    ) -> Predictions:
+        """The network with these weights over every record of the source.
+
+        progress: called with the number of records done after each batch (the training loop
+          shows it on its own bar); without it, a progress bar of its own (on process 0).
+        """
         dataset = input_pipeline.create_eval_dataset(
             self.config,
             self.source,
@@ -83,6 +89,12 @@ class Evaluator:
         probs = np.zeros((len(self.source), self.config.model.num_classes), np.float32)
         labels = np.zeros(len(self.source), np.int64)
         local_texts: dict[str, dict[int, str]] = {field: {} for field in self.text_fields}
+        bar = None
+        if progress is None:
+            bar = logs.progress(
+                len(self.source), "predict", "img", enabled=jax.process_index() == 0
+            )
+        done = 0
         for local in dataset:
             mine = local["mask"]
             for field in self.text_fields:
@@ -99,6 +111,13 @@ class Evaluator:
             valid = out["mask"]
             probs[out["index"][valid]] = out["probs"][valid]
             labels[out["index"][valid]] = out["label"][valid]
+            done += int(valid.sum())
+            if bar is None:
+                progress(done)
+            else:
+                bar.update(int(valid.sum()))
+        if bar is not None:
+            bar.close()
         return Predictions(probs, labels, self._all_texts(local_texts))
 
     def _all_texts(self, local_texts: dict[str, dict[int, str]]) -> dict[str, np.ndarray]:
@@ -127,11 +146,19 @@ def predict_model(
     return split_evaluator.predict(params, batch_stats)
 
 
+def cross_entropy(predictions: Predictions) -> float:
+    """Mean -log p(label): the main head's loss of training, without its extra terms."""
+    p_label = predictions.probs[np.arange(len(predictions.labels)), predictions.labels]
+    return float(-np.mean(np.log(np.maximum(p_label, np.finfo(np.float32).tiny))))
+
+
 def summary(predictions: Predictions) -> dict[str, Any]:
-    """The periodic evaluation's figures: accuracy, per-class accuracy, confusion matrices, AUCs."""
+    """The periodic evaluation's figures: accuracy, loss, per-class accuracy, confusion
+    matrices, AUCs."""
     result = metrics.compute_all(predictions.labels, predictions.probs)
     return {
         "accuracy": result["accuracy"],
+        "loss": cross_entropy(predictions),
         "per_class_accuracy": dict(
             zip(result["class_names"], result["per_class_accuracy"], strict=True)
         ),

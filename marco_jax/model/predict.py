@@ -42,3 +42,13 @@ def predict_fn(model: inception.InceptionV3) -> Callable[[np.ndarray], np.ndarra
     weights, jitted (one compilation per network structure and batch shape, whichever model)."""
     graphdef, *weights = inception.split_model(model)
     return lambda images: np.asarray(_jitted_probabilities(graphdef, tuple(weights), images))
+
+
+def flops_per_image(graphdef: nnx.GraphDef, weights: tuple[Any, ...], image_size: int) -> float:
+    """XLA's count of the floating-point operations of `probabilities` on one image of
+    `image_size` pixels square, from the lowered program (nothing is compiled or run)."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), weights)
+    image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    cost = _jitted_probabilities.lower(graphdef, abstract, image).cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost["flops"])

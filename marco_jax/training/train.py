@@ -4,11 +4,17 @@
 wrapper around it. The step (`marco_jax.training.step`) is a pure function of an explicit
 `TrainState` pytree, jitted once with the state replicated and the batch split over all devices
 of all hosts (`marco_jax.parallel`). Periodic evaluations are written to eval/step_<N>.json and
-eval/latest.json, and as scalars.
+eval/latest.json.
+
+The console (`marco_jax.logs`) shows a progress bar over the steps, a line of training metrics
+every config.log_every_steps and a line per evaluation; TensorBoard (the workdir's event files)
+gets them grouped as train/... and eval/..., with the evaluation's loss (the main head's
+cross-entropy; train/loss adds the auxiliary head's) and its confusion matrix as an image.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Any
@@ -17,14 +23,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
+from PIL import Image
 
-from marco_jax import parallel
+from marco_jax import logs, parallel
 from marco_jax.data import input_pipeline
-from marco_jax.evaluation import evaluator
-from marco_jax.model import inception
+from marco_jax.evaluation import evaluator, report
+from marco_jax.labels import CLASS_NAMES
+from marco_jax.model import inception, predict
 from marco_jax.runs import lock, store
 from marco_jax.training import checkpoints, config_checks, warm_start
 from marco_jax.training import step as train_step
@@ -84,10 +93,25 @@ def _check_finite(step: int, metrics: dict[str, jax.Array], saver: checkpoints.S
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
     stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
     return {
-        f"train_{name}": float(np.mean(values))
+        f"train/{name}": float(np.mean(values))
         for name, values in stacked.items()
         if name != "state_finite"
     }
+
+
+def _train_line(step: int, num_steps: int, summary: dict[str, float]) -> str:
+    return (
+        f"step {step}/{num_steps}: loss {summary['train/loss']:.4f}, accuracy "
+        f"{summary['train/accuracy']:.3f}, learning rate {summary['train/learning_rate']:.4g}, "
+        f"{summary['train/images_per_second']:.1f} images/s"
+    )
+
+
+def _confusion_image(summary: dict[str, Any]) -> np.ndarray:
+    """The evaluation's confusion matrix as the report draws it, as an RGB array [H, W, 3]."""
+    png = report.plot_confusion(summary | {"class_names": list(CLASS_NAMES)})
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def _evaluate(
@@ -96,26 +120,46 @@ def _evaluate(
     step: int,
     workdir: str,
     writer: metric_writers.MetricWriter,
+    bar: tqdm.tqdm,
 ) -> dict[str, Any]:
-    """Evaluates the EMA (or raw, `config.eval_with_ema`) weights; writes eval/step_<N>.json,
-    eval/latest.json (process 0) and the accuracies as scalars."""
+    """Evaluates the EMA (or raw, `config.eval_with_ema`) weights, its progress on the training
+    bar; writes eval/step_<N>.json, eval/latest.json (process 0), the scalars and the confusion
+    matrix."""
     use_ema = split_evaluator.config.eval_with_ema
-    predictions = split_evaluator.predict(*store.chosen_weights(state, use_ema))
+    total = len(split_evaluator.source)
+    predictions = split_evaluator.predict(
+        *store.chosen_weights(state, use_ema),
+        progress=lambda done: bar.set_postfix_str(f"evaluating {done}/{total}"),
+    )
     summary = {"step": step, "weights": "ema" if use_ema else "raw"}
     summary |= evaluator.summary(predictions)
+    per_class = ", ".join(
+        f"{name} {value:.3f}"
+        for name, value in summary["per_class_accuracy"].items()
+        if value is not None
+    )
+    logging.info(
+        "eval at step %d: accuracy %.4f, loss %.4f (%s)",
+        step,
+        summary["accuracy"],
+        summary["loss"],
+        per_class,
+    )
     if jax.process_index() == 0:
         out_dir = epath.Path(workdir) / EVAL_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(summary, indent=2)
         (out_dir / f"step_{step}.json").write_text(text)
         (out_dir / "latest.json").write_text(text)
-    scalars = {"eval_accuracy": summary["accuracy"]}
+    scalars = {"eval/accuracy": summary["accuracy"], "eval/loss": summary["loss"]}
     scalars |= {
-        f"eval_accuracy_{name}": value
+        f"eval/accuracy_{name}": value
         for name, value in summary["per_class_accuracy"].items()
         if value is not None
     }
     writer.write_scalars(step, scalars)
+    if jax.process_index() == 0:
+        writer.write_images(step, {"eval/confusion_matrix": _confusion_image(summary)[None]})
     return summary
 
 
@@ -239,8 +283,22 @@ def _train_and_evaluate(
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
     if step == 0:
         writer.write_hparams(config.to_dict() | {"model": config.model.name})
-        parameter_overview.log_parameter_overview(state.params)
-    hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
+        parameter_overview.log_parameter_overview(state.params)  # the log file's table
+        flops = predict.flops_per_image(
+            graphdef, (state.params, state.batch_stats), config.model.image_size
+        )
+        devices = jax.device_count()
+        logging.info(
+            "%s: %s parameters, %.3g %sFLOPs per %d px image; training on %d %s device%s.",
+            config.model.name,
+            f"{parameter_overview.count_parameters(state.params):,}",
+            *((flops / 1e9, "G") if flops >= 1e9 else (flops / 1e6, "M")),
+            config.model.image_size,
+            devices,
+            jax.devices()[0].platform,
+            "s" if devices > 1 else "",
+        )
+    hooks = []
     if is_chief and config.profile_steps > 0:
         hooks.append(
             periodic_actions.Profile(num_profile_steps=config.profile_steps, logdir=workdir)
@@ -254,6 +312,8 @@ def _train_and_evaluate(
     last_log = (step, time.perf_counter())
     pending: tuple[int, dict[str, jax.Array]] | None = None
     train_iter = None
+    bar = logs.progress(num_steps, "train", "step", initial=step, enabled=is_chief)
+    postfix = ""  # the last logged loss
     try:
         if step < num_steps and status != EARLY_STOPPED:
             # The data position is the step: one batch per step (see checkpoints).
@@ -271,6 +331,7 @@ def _train_and_evaluate(
             batch = parallel.to_global(next(train_iter), batch_sharding)
             state, metrics = p_train_step(state, batch)
             step += 1
+            bar.update()
             # Checked one step late so that the host never waits for the device in between.
             if pending is not None:
                 _check_finite(*pending, saver)
@@ -286,14 +347,18 @@ def _train_and_evaluate(
             if is_log:
                 elapsed = time.perf_counter() - last_log[1]
                 summary = _mean_metrics(history)
-                summary["images_per_second"] = (
+                summary["train/images_per_second"] = (
                     (step - last_log[0]) * config.input.global_batch_size / elapsed
                 )
-                summary["step_time_ms"] = 1000 * elapsed / (step - last_log[0])
+                summary["train/step_time_ms"] = 1000 * elapsed / (step - last_log[0])
                 writer.write_scalars(step, summary)
+                logging.info(_train_line(step, num_steps, summary))
+                postfix = f"loss {summary['train/loss']:.4f}"
+                bar.set_postfix_str(postfix, refresh=False)
                 history, last_log = [], (step, time.perf_counter())
             if is_eval:
-                eval_metrics = _evaluate(eval_split, state, step, workdir, writer)
+                eval_metrics = _evaluate(eval_split, state, step, workdir, writer, bar)
+                bar.set_postfix_str(postfix)
                 progress = _update_progress(progress, step, eval_metrics["accuracy"])
             preempted = preemption.should_stop(step)
             early = _early_stopped(config, progress)
@@ -310,8 +375,9 @@ def _train_and_evaluate(
             saver.save(step, state, progress)  # a finished run is saved as finished
         saver.finish()
         if not eval_metrics:  # the run had already finished or stopped: report where it stands
-            eval_metrics = _evaluate(eval_split, state, step, workdir, writer)
+            eval_metrics = _evaluate(eval_split, state, step, workdir, writer, bar)
     finally:
+        bar.close()
         preemption.close()
         if train_iter is not None and hasattr(train_iter, "close"):
             train_iter.close()  # grain worker processes

@@ -246,6 +246,8 @@ def build(
         builder.data_path.rmtree()
         builder = Builder(config=config, data_dir=data_dir)  # without the old DatasetInfo
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    if not builder.is_prepared():  # the one time it takes a while: say so
+        logging.info("marco/%s: building the dataset in %s (once)", config.name, builder.data_dir)
     # array_record: random access, which grain needs (tfds.data_source / as_data_source).
     builder.download_and_prepare(file_format="array_record", download_config=download_config)
     return builder
