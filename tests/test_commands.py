@@ -90,7 +90,7 @@ def test_training_refuses_a_wrong_flag_field_or_value_in_one_line(
     [
         (["--format=onnx"], "{missing} is not a marco_jax training workdir"),
         (["--format=onnx", "--checkpoint=bset"], "'bset' is neither 'best', 'latest'"),
-        (["--format=pdf"], "value should be one of <saved_model|tflite|onnx>"),
+        (["--format=pdf"], "value should be one of <saved_model|tflite|onnx|openvino>"),
     ],
 )
 def test_export_refuses_a_wrong_workdir_or_value_in_one_line(

@@ -31,7 +31,7 @@ from PIL import Image
 
 from marco_jax import logs, parallel
 from marco_jax.data import input_pipeline
-from marco_jax.evaluation import evaluator, report
+from marco_jax.evaluation import evaluator, report_plots
 from marco_jax.labels import CLASS_NAMES
 from marco_jax.model import inception, predict
 from marco_jax.runs import lock, store
@@ -109,7 +109,7 @@ def _train_line(step: int, num_steps: int, summary: dict[str, float]) -> str:
 
 def _confusion_image(summary: dict[str, Any]) -> np.ndarray:
     """The evaluation's confusion matrix as the report draws it, as an RGB array [H, W, 3]."""
-    png = report.plot_confusion(summary | {"class_names": list(CLASS_NAMES)})
+    png = report_plots.plot_confusion(summary | {"class_names": list(CLASS_NAMES)})
     with Image.open(io.BytesIO(png)) as image:
         return np.asarray(image.convert("RGB"))
 
