@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 
 from marco_jax import labels
-from marco_jax.data import preprocess
+from marco_jax.data import preprocess, prescale
 from marco_jax.model import inception
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -170,6 +170,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "dataset.name": _choice(("marco",)),
     "dataset.data_dir": _optional_string,
     "dataset.manual_dir": _optional_string,
+    "dataset.prescale": _choice(("", *prescale.IMAGE_FORMATS)),
     "dataset.train_split": _string,
     "dataset.eval_split": _string,
     "input.global_batch_size": _int_at_least(1),
