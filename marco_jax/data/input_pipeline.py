@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from marco_jax.data import preprocess, prescale
+from marco_jax.data import parallelism, preprocess, prescale
 
 
 def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:
@@ -78,8 +78,7 @@ def _host_item(
     return position, stream[position]
 
 
-def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
-    threads = config.input.read_threads
+def _read_options(threads: int) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
 
 
@@ -104,16 +103,16 @@ def _die_with_parent(worker_index: int, worker_count: int) -> None:
 
 
 def _prefetch(config: ml_collections.ConfigDict, ds: grain.MapDataset) -> grain.IterDataset:
-    """Hands the batch dataset to `num_workers` worker processes (none when 0)."""
-    if config.input.num_workers > 0 and not flags.FLAGS.is_parsed():
+    """Hands the batch dataset to the worker processes of `parallelism` (none when 0)."""
+    chosen = parallelism.choose(config.input)
+    if chosen.workers > 0 and not flags.FLAGS.is_parsed():
         # grain's worker start reads an absl flag (its profiler switch) and fails when flags are
         # unparsed, as in tests, notebooks and scripts that are not absl apps. Marking them
         # parsed keeps every flag at its default; an absl app has parsed them already.
         flags.FLAGS.mark_as_parsed()
-    return ds.to_iter_dataset(_read_options(config)).mp_prefetch(
+    return ds.to_iter_dataset(_read_options(chosen.read_threads)).mp_prefetch(
         grain.MultiprocessingOptions(
-            num_workers=config.input.num_workers,
-            per_worker_buffer_size=config.input.prefetch_buffer_size,
+            num_workers=chosen.workers, per_worker_buffer_size=chosen.prefetch
         ),
         worker_init_fn=_die_with_parent,
     )
