@@ -73,7 +73,8 @@ def _stored_images(paths: list[str], storage: str, args: argparse.Namespace) -> 
     originals = [pathlib.Path(path).read_bytes() for path in paths]
     if storage == "original":
         return originals
-    prescaled = prescale.Prescaled(preprocess.Preprocessing.from_config(_config(args)), storage)
+    config = _config(args, storage)
+    prescaled = prescale.Prescaled(preprocess.Preprocessing.from_config(config), storage)
     return [prescaled.encoded(data) for data in originals]
 
 
@@ -130,12 +131,14 @@ def _time_windows(batches: Iterator, args: argparse.Namespace) -> list[tuple[flo
     return [consume(args.seconds_per_run) for _ in range(args.runs)]
 
 
-def _config(args: argparse.Namespace, workers: int = 0):
-    """configs/default.py (the paper's augmentation numbers) at the benchmark's size and batch."""
+def _config(args: argparse.Namespace, storage: str, workers: int = 0):
+    """configs/default.py (the paper's augmentation numbers) at the benchmark's size and batch,
+    training on `storage`."""
     from marco_jax.config_utils import load_config
 
     config = load_config(REPO / "configs" / "default.py")
     config.model.image_size = args.size
+    config.dataset.prescale = "" if storage == "original" else storage
     config.input.global_batch_size = args.batch
     config.input.num_workers = workers
     config.input.read_threads = args.read_threads
@@ -143,13 +146,17 @@ def _config(args: argparse.Namespace, workers: int = 0):
 
 
 def _host_batches(
-    images: list[bytes], args: argparse.Namespace, workers: int
+    images: list[bytes], args: argparse.Namespace, storage: str, workers: int
 ) -> tuple[Iterator, Callable]:
     """The training pipeline's batches as the host delivers them (no JAX)."""
     from marco_jax.data import input_pipeline
 
     dataset = input_pipeline.create_train_dataset(
-        _config(args, workers), BytesSource(images), process_index=0, process_count=1, seed=0
+        _config(args, storage, workers),
+        BytesSource(images),
+        process_index=0,
+        process_count=1,
+        seed=0,
     )
     iterator = iter(dataset)
 
@@ -171,7 +178,7 @@ def _grain_jax_batches(
 
     from marco_jax.data import augment
 
-    config = _config(args, workers)
+    config = _config(args, "original", workers)
 
     @jax.jit
     def distort(key, images):
@@ -180,7 +187,7 @@ def _grain_jax_batches(
             return jnp.round(images * 255.0).astype(jnp.uint8)
         return images
 
-    host, close = _host_batches(images, args, workers)
+    host, close = _host_batches(images, args, "original", workers)
 
     def batches():
         key = jax.random.key(0)
@@ -195,7 +202,7 @@ def _tf_batches(paths: list[str], args: argparse.Namespace, cores: int) -> Itera
 
     from marco_jax.data import augment
 
-    config = _config(args)
+    config = _config(args, "original")
     size = config.model.image_size
     brightness = config.input.brightness_delta
     saturation = config.input.saturation_range
@@ -386,7 +393,7 @@ def main() -> None:
     for storage in args.storage:
         images = _stored_images(paths, storage, args)
         host[storage] = {
-            workers: _measure(*_host_batches(images, args, workers), args)
+            workers: _measure(*_host_batches(images, args, storage, workers), args)
             for workers in args.workers
         }
         host[storage]["stored_kib_per_image"] = round(sum(map(len, images)) / len(images) / 1024)

@@ -132,7 +132,9 @@ def create_train_dataset(
     B = global_batch_size // process_count, S = config.model.image_size. Process p's batch b is
     slice [p * B, (p + 1) * B) of global batch b of one stream shared by all processes: `source`
     (random access: len + __getitem__, records with "image" bytes and "label") shuffled anew every
-    epoch with config.input.shuffle_seed. `seed` drives the crops and flips.
+    epoch with config.input.shuffle_seed. `seed` drives the crops and flips. With
+    config.dataset.prescale set, the records are pre-scaled (`data.prescale`) and the crops are
+    windows of them.
 
     The stream starts at global batch `start_batch`: a run resumed at step s passes s, and sees
     the batches an uninterrupted run would, with any number of worker processes (the position
@@ -154,6 +156,7 @@ def create_train_dataset(
         size=preprocessing.image_size,
         central_fraction=preprocessing.central_fraction,
         resize_method=preprocessing.resize_method,
+        prescaled=bool(config.dataset.get("prescale", "")),  # checked by open_tfds_source
         flip_left_right_prob=config.input.flip_left_right_prob,
         flip_up_down_prob=config.input.flip_up_down_prob,
         random_rot90=config.input.random_rot90,
@@ -293,5 +296,8 @@ def open_tfds_source(config: ml_collections.ConfigDict, split: str) -> Sequence[
     # Read through a read-only builder of the prepared files: its source pickles into the grain
     # worker processes, where one holding the registered config object fails to unpickle.
     reader = tfds.builder_from_directory(prepared)
-    prescale.check(reader.info.metadata, split, preprocessing, f"The dataset in {prepared}")
+    # Whether training cuts windows of pre-scaled images: the split it reads must be so stored.
+    train_prescaled = bool(image_format) if split == config.dataset.train_split else None
+    where = f"The dataset in {prepared}"
+    prescale.check(reader.info.metadata, split, preprocessing, train_prescaled, where)
     return reader.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})

@@ -101,7 +101,8 @@ def eval_scale(height: int, width: int, size: int, central_fraction: float) -> f
     return size / (central_fraction * min(height, width))
 
 
-def _height_width(image: ImageLike) -> tuple[int, int]:
+def height_width(image: ImageLike) -> tuple[int, int]:
+    """(height, width) of a decoded image, PIL or array."""
     if isinstance(image, Image.Image):
         return image.height, image.width
     return image.shape[0], image.shape[1]
@@ -112,7 +113,7 @@ def _resample_box(image: ImageLike, top: float, left: float, side: float, size: 
 
     Parts of the square outside the image are filled by reflecting the image at its borders.
     """
-    height, width = _height_width(image)
+    height, width = height_width(image)
     # Overshoots within float rounding of a border are not worth padding (copying) the image.
     pad_top = max(0, math.ceil(-top - _BORDER_TOLERANCE))
     pad_left = max(0, math.ceil(-left - _BORDER_TOLERANCE))
@@ -141,7 +142,7 @@ def pil_resize(
 def center_crop_and_resize(image: ImageLike, size: int, central_fraction: float) -> np.ndarray:
     """The evaluation transform: the centred square of side central_fraction * shorter side,
     resized to size x size (paper section 3; TF-slim's Inception evaluation uses 0.875)."""
-    height, width = _height_width(image)
+    height, width = height_width(image)
     side = size / eval_scale(height, width, size, central_fraction)
     return _resample_box(image, (height - side) / 2, (width - side) / 2, side, size)
 
@@ -158,11 +159,25 @@ def random_crop(
 ) -> np.ndarray:
     """A random size x size patch of the image scaled by the evaluation scale; reflection fills
     the patch where the scaled image is smaller than it (only when central_fraction > 1)."""
-    height, width = _height_width(image)
+    height, width = height_width(image)
     scale = eval_scale(height, width, size, central_fraction)
     top = _random_offset(rng, height * scale, size)
     left = _random_offset(rng, width * scale, size)
     return _resample_box(image, top / scale, left / scale, size / scale, size)
+
+
+def window_crop(image: ImageLike, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A uniformly placed size x size window of an image stored at the training scale: the
+    training patch of a pre-scaled image (`data.prescale`), cut without resampling."""
+    height, width = height_width(image)
+    if min(height, width) < size:
+        raise ValueError(
+            f"A pre-scaled image of {height}x{width} is smaller than the {size} px patch: the "
+            "dataset was pre-scaled for another image size."
+        )
+    top = int(rng.integers(height - size + 1))
+    left = int(rng.integers(width - size + 1))
+    return np.asarray(image)[top : top + size, left : left + size]
 
 
 def random_flips_and_rotation(
@@ -203,13 +218,18 @@ def train_transform(
     flip_up_down_prob: float,
     random_rot90: bool,
     resize_method: str = "pil_antialias",
+    prescaled: bool = False,
 ) -> np.ndarray:
     """The host part of training augmentation: random patch at the eval scale, then flips.
 
     resize_method: as `Preprocessing.resize_method`, so the patches are resampled as the
     evaluation images are.
+    prescaled: the image is stored at the training scale already (`data.prescale`): the patch
+      is a window of it, not resampled again.
     """
-    if resize_method == "tf1_bilinear":
+    if prescaled:
+        patch = window_crop(image, rng, size)
+    elif resize_method == "tf1_bilinear":
         patch = tf1_random_crop(image, rng, size, central_fraction)
     else:
         patch = random_crop(image, rng, size, central_fraction)
@@ -277,7 +297,8 @@ def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
-def _tf1_square_side(height: int, width: int, central_fraction: float) -> int:
+def tf1_square_side(height: int, width: int, central_fraction: float) -> int:
+    """The side of the square the "tf1_bilinear" path cuts: int(central_fraction * shorter)."""
     if not 0.0 < central_fraction <= 1.0:
         raise ValueError(
             f"central_fraction={central_fraction}: the tf1_bilinear resize crops integer squares "
@@ -302,8 +323,8 @@ def tf1_center_crop_and_resize(image: ImageLike, size: int, central_fraction: fl
     With central_fraction 1.0 this is the graph's `resize_image_with_crop_or_pad` to the central
     min(height, width) square (offsets (extent - side) // 2), then its `ResizeBilinear`.
     """
-    height, width = _height_width(image)
-    side = _tf1_square_side(height, width, central_fraction)
+    height, width = height_width(image)
+    side = tf1_square_side(height, width, central_fraction)
     return tf1_crop_and_resize(image, (height - side) // 2, (width - side) // 2, side, size)
 
 
@@ -311,12 +332,10 @@ def tf1_random_crop(
     image: ImageLike, rng: np.random.Generator, size: int, central_fraction: float
 ) -> np.ndarray:
     """A uniformly placed square of the evaluation side, TF1-resized, as uint8 for training."""
-    height, width = _height_width(image)
-    side = _tf1_square_side(height, width, central_fraction)
+    height, width = height_width(image)
+    side = tf1_square_side(height, width, central_fraction)
     top = int(rng.integers(height - side + 1))
     left = int(rng.integers(width - side + 1))
-    if side == size:  # a pre-scaled image (data.prescale): the uint8 square is the patch
-        return np.asarray(image)[top : top + side, left : left + side]
     patch = tf1_crop_and_resize(image, top, left, side, size)
     return np.clip(np.rint(patch * 255.0), 0, 255).astype(np.uint8)
 
@@ -349,7 +368,7 @@ class Preprocessing:
                 "(config.input.jpeg_dct)."
             )
         if self.resize_method == "tf1_bilinear":
-            _tf1_square_side(1, 1, self.central_fraction)  # validates the fraction
+            tf1_square_side(1, 1, self.central_fraction)  # validates the fraction
         elif self.central_fraction <= 0:
             raise ValueError(f"central_fraction must be > 0, got {self.central_fraction}.")
 

@@ -1,27 +1,30 @@
-"""Pre-scaled storage: training images stored at the scale the training crops are cut at.
+"""Pre-scaled storage: training images stored at the scale the training patches are cut at.
 
 Why: a training patch of a full-size drop photograph (1280x960 to 2532x2028) costs a core a
 full-size JPEG decode plus a resample to the evaluation scale, which kept the host at a few dozen
-images/s per core, far below what an accelerator consumes. Stored with the shorter side at
-image_size / central_fraction (599 px for the release's preprocessing), an image decodes several
-times faster, and for the release's TF1 resize the training patch is then a plain crop
-(`preprocess.tf1_random_crop` at scale 1). `bench/input_pipeline.py` measures both.
+images/s per core, far below what an accelerator consumes. Stored at the training scale (the
+shorter side image_size / central_fraction: 599 px for the release's preprocessing), an image
+decodes several times faster, and its training patches are plain windows of it
+(`preprocess.window_crop`, `train_transform(prescaled=True)`), never resampled a second time
+(a second resampling blurred them: 12 % less high-frequency energy on the synthetic drops).
+`bench/input_pipeline.py` measures the speed.
 
 What changes, stated plainly:
-- The pixels: each image is resampled once, from the original, with the training config's own
-  resampler at the uniform scale its training crops use, rounded to uint8 (as training patches
+- The pixels: each image is resampled once, from the original, by the training config's own
+  resampler at the very scale its training patches take, rounded to uint8 (as training patches
   are anyway), and stored as JPEG at `jpeg_quality` with full-resolution chroma (lossy: the
-  accuracy cost on the synthetic set is measured in README.md) or as PNG (lossless: for
-  "tf1_bilinear" with central_fraction 1 a patch at offset (0, 0) then equals the full-size
-  patch exactly; tests/data/test_prescale.py).
-- The crop positions: random offsets fall on whole pre-scaled pixels instead of whole source
-  pixels (the same uniform placement on a coarser grid).
-- Not evaluation: the builder pre-scales only the splits it is told to (the train split), and
-  the test split keeps the originals, so the release's evaluation transform (central square and
-  TF1 bilinear from the original photograph) and its 1e-4 agreement are unchanged.
+  accuracy cost on the synthetic set is in tfds_marco/marco/README.md) or as PNG (lossless:
+  a window is then the full-size patch: exactly at the origin for "tf1_bilinear", within 1
+  level for "pil_antialias" at every offset; tests/data/test_prescale.py).
+- The crop positions for "tf1_bilinear": random offsets fall on whole stored pixels instead of
+  whole source pixels (the same uniform placement on another grid; "pil_antialias" draws output
+  pixels in both cases).
+- Not evaluation: the builder pre-scales only the train split, and the test split keeps the
+  originals, so the release's evaluation transform (central square and TF1 bilinear from the
+  original photograph) and its 1e-4 agreement are unchanged.
 
 The dataset's metadata records what the images were pre-scaled for (`Prescaled.to_metadata`);
-`check` refuses a config that trains at another scale, in one line.
+`check` refuses, in one line, a config that would train on them otherwise.
 """
 
 from __future__ import annotations
@@ -46,35 +49,41 @@ class StorageMismatchError(ValueError):
     """A dataset pre-scaled for another preprocessing than the config's; str() is one line."""
 
 
-def short_side(preprocessing: preprocess.Preprocessing) -> int:
-    """The stored shorter side: the smallest whole number of pixels whose evaluation square
-    (central_fraction of it) still covers image_size pixels."""
-    side = math.ceil(preprocessing.image_size / preprocessing.central_fraction - 1e-9)
-    while int(preprocessing.central_fraction * side) < preprocessing.image_size:  # float error
-        side += 1
-    return side
+def shorter_side(preprocessing: preprocess.Preprocessing) -> float:
+    """The stored shorter side in pixels of content: image_size / central_fraction (the stored
+    image has the whole pixels of it, e.g. 172 for 151 / 0.875 = 172.6)."""
+    return preprocessing.image_size / preprocessing.central_fraction
+
+
+def _tf1_extent(extent: int, scale: np.float32) -> int:
+    """How many TF1 taps i * scale (float32) fall on the `extent` source pixels."""
+    positions = np.arange(math.ceil(extent / float(scale)) + 2, dtype=np.float32) * scale
+    return int(np.count_nonzero(np.floor(positions) <= extent - 1))
 
 
 def prescale(image: preprocess.ImageLike, preprocessing: preprocess.Preprocessing) -> np.ndarray:
-    """The whole image at the training scale: uint8 RGB with its shorter side `short_side`.
+    """The whole image at its training crop's scale, uint8 RGB: every window of image_size
+    pixels of it (`preprocess.window_crop`) is a training patch of the original.
 
-    Both axes take the same scale (source pixels per stored pixel: shorter side / short_side),
-    the one the training crop of the original would use for central_fraction 1, with the same
-    resampler ("tf1_bilinear": TF1's legacy taps on float [0, 1], as `tf1_random_crop`;
-    "pil_antialias": Pillow's antialiased bilinear over the exact source box).
+    The scale is the one the training crop of this very image uses, with its resampler:
+    "tf1_bilinear" takes TF1's taps at int(central_fraction * shorter side) / image_size source
+    pixels per stored pixel on both axes (`tf1_random_crop`); "pil_antialias" Pillow's
+    antialiased bilinear over the source box at `preprocess.eval_scale` (`random_crop`). Stored
+    pixel (y, x) is therefore the pixel a full-size patch at the same offsets has: a patch at
+    offset (0, 0) is the full-size one, rounded to uint8 as training patches are.
     """
-    if isinstance(image, Image.Image):
-        height, width = image.height, image.width
-    else:
-        height, width = image.shape[:2]
-    shorter, side = min(height, width), short_side(preprocessing)
-    # Whole stored pixels whose source position stays inside the image on both axes.
-    out_height, out_width = height * side // shorter, width * side // shorter
+    height, width = preprocess.height_width(image)
+    size = preprocessing.image_size
     if preprocessing.resize_method == "tf1_bilinear":
-        scale = np.float32(shorter) / np.float32(side)  # = tf1_random_crop's side / size
+        side = preprocess.tf1_square_side(height, width, preprocessing.central_fraction)
+        scale = np.float32(side) / np.float32(size)  # tf1_random_crop's, as TF computes it
+        out_height, out_width = _tf1_extent(height, scale), _tf1_extent(width, scale)
         resampled = preprocess.tf1_resample(np.asarray(image), out_height, out_width, scale, scale)
         return np.clip(np.rint(resampled * 255.0), 0, 255).astype(np.uint8)
-    box = (0.0, 0.0, out_width * shorter / side, out_height * shorter / side)
+    scale = preprocess.eval_scale(height, width, size, preprocessing.central_fraction)
+    # Whole stored pixels inside the image (the 1e-9: float error at an exact whole number).
+    out_height, out_width = (math.floor(extent * scale + 1e-9) for extent in (height, width))
+    box = (0.0, 0.0, out_width / scale, out_height / scale)
     return preprocess.pil_resize(image, out_width, out_height, box)
 
 
@@ -109,6 +118,11 @@ class Prescaled:
             )
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality={self.jpeg_quality} must lie in [1, 100].")
+        if self.preprocessing.central_fraction > 1:
+            raise ValueError(
+                f"central_fraction={self.preprocessing.central_fraction}: pre-scaling needs the "
+                "training patches inside the image (central_fraction <= 1)."
+            )
 
     def encoded(self, data: bytes) -> bytes:
         """Encoded image bytes (any format `preprocess.decode` reads) pre-scaled and encoded;
@@ -118,7 +132,7 @@ class Prescaled:
 
     def to_metadata(self) -> dict[str, Any]:
         return {
-            "short_side": short_side(self.preprocessing),
+            "shorter_side": shorter_side(self.preprocessing),
             **self.preprocessing.to_metadata(),
             "image_format": self.image_format,
             "jpeg_quality": self.jpeg_quality,
@@ -145,16 +159,30 @@ def check(
     metadata: Mapping[str, Any] | None,
     split: str,
     preprocessing: preprocess.Preprocessing,
+    train_prescaled: bool | None,
     where: str,
 ) -> None:
-    """Refuses (StorageMismatchError, one line) a split pre-scaled for another preprocessing.
+    """Refuses (StorageMismatchError, one line) a split that cannot serve the config.
 
-    Every field counts: the image size and central fraction set the stored scale, and the
-    resampler and JPEG DCT made its pixels; a config differing in any of them would train on
-    images prepared for another run.
+    train_prescaled: for the split training reads, whether the config cuts its patches as
+      windows of pre-scaled images (config.dataset.prescale); the split must then be stored
+      pre-scaled, and must not be otherwise (its patches would be resampled twice, or cut at
+      the wrong scale). None for other splits.
+
+    A pre-scaled split must be pre-scaled for the config's preprocessing, every field of it:
+    the image size and central fraction set the stored scale, and the resampler and JPEG DCT
+    made its pixels.
     """
     stored = Prescaled.from_metadata(metadata)
-    if stored is None or split not in stored.splits or stored.preprocessing == preprocessing:
+    is_prescaled = stored is not None and split in stored.splits
+    if train_prescaled is not None and train_prescaled != is_prescaled:
+        state = "stored pre-scaled for training" if is_prescaled else "stored as given"
+        raise StorageMismatchError(
+            f"{where}: its {split!r} split is {state}, but config.dataset.prescale is "
+            f"{'set' if train_prescaled else 'empty'}; let config.dataset.prescale alone choose "
+            "the storage (remove prescale_format from config.dataset.config_overrides)."
+        )
+    if not is_prescaled or stored.preprocessing == preprocessing:
         return
     made = stored.preprocessing.to_metadata()
     wanted = preprocessing.to_metadata()
@@ -164,8 +192,8 @@ def check(
         if made[field] != wanted[field]
     )
     raise StorageMismatchError(
-        f"{where}: its {split!r} split is stored pre-scaled (shorter side "
-        f"{short_side(stored.preprocessing)} px) for other preprocessing: {differences}; train "
-        "on a dataset stored at full size or pre-scaled for this config "
-        "(config.dataset.prescale=jpeg builds one)."
+        f"{where}: its {split!r} split is stored pre-scaled for other preprocessing (shorter "
+        f"side {shorter_side(stored.preprocessing):.1f} px): {differences}; train on the "
+        "variant pre-scaled for this config (config.dataset.prescale, without prescale_* "
+        "fields in config.dataset.config_overrides) or on the images as given."
     )

@@ -19,18 +19,13 @@ from marco_jax.data import input_pipeline, preprocess, prescale
 DROP = SHARED / "real_drops" / "marco_gsk" / "crystals" / "10.jpeg"  # 1280x960
 RELEASE = preprocess.Preprocessing(599, 1.0, "tf1_bilinear", "fast")  # configs/default.py
 TABLE3 = preprocess.Preprocessing(151, 0.875, "pil_antialias", "accurate")  # ci, synthetic
-# JPEG (quality 95, 4:4:4) against full-size patches, measured on all 16 shared/real_drops:
+# JPEG (quality 95, 4:4:4) patches against full-size ones, measured on all 16 shared/real_drops:
 # release patches mean |difference| 1.03-1.62 levels, 99.9th percentile 6-11; Table 3's
-# (two resamplings, 151 / 0.875 = 172.6 px stored as 173) mean 0.95-2.11 (PNG 0.62-1.84).
+# 0.61-1.25 levels. Lossless (PNG) Table 3 patches: 1 level in at most 0.03 % of the values
+# (Pillow's fixed-point weights of a window against those of the whole image).
 RELEASE_JPEG_MEAN, RELEASE_JPEG_P999 = 2.0, 12
-TABLE3_MEAN = 2.5
-
-
-def _tf1_patch(image: np.ndarray, top: int, left: int, p: preprocess.Preprocessing) -> np.ndarray:
-    """The training patch of `image` at (top, left), as `tf1_random_crop` cuts it."""
-    side = int(p.central_fraction * min(image.shape[:2]))
-    patch = preprocess.tf1_crop_and_resize(image, top, left, side, p.image_size)
-    return np.clip(np.rint(patch * 255.0), 0, 255).astype(np.uint8)
+TABLE3_JPEG_MEAN = 1.6
+NO_FLIPS = {"flip_left_right_prob": 0.0, "flip_up_down_prob": 0.0, "random_rot90": False}
 
 
 def _stored(p: preprocess.Preprocessing, image_format: str) -> np.ndarray:
@@ -38,45 +33,65 @@ def _stored(p: preprocess.Preprocessing, image_format: str) -> np.ndarray:
     return np.asarray(p.decode(encoded))
 
 
-def test_lossless_release_patches_equal_the_full_size_ones():
-    stored = _stored(RELEASE, "png")
-    assert stored.shape == (599, 1280 * 599 // 960, 3)
-    full_size = RELEASE.decode(DROP.read_bytes())
-    np.testing.assert_array_equal(
-        _tf1_patch(stored, 0, 0, RELEASE), _tf1_patch(full_size, 0, 0, RELEASE)
+def _patches(p: preprocess.Preprocessing, image_format: str, seed: int) -> tuple:
+    """Training patches of DROP from the same draws: (full size, pre-scaled, pre-scaled image)."""
+    stored = _stored(p, image_format)
+    kwargs = {
+        "size": p.image_size,
+        "central_fraction": p.central_fraction,
+        "resize_method": p.resize_method,
+        **NO_FLIPS,
+    }
+    full_size = preprocess.train_transform(
+        p.decode(DROP.read_bytes()), np.random.default_rng(seed), **kwargs
     )
-    # Training's own crop of a pre-scaled image is a plain crop, at the offsets it draws.
-    patch = preprocess.tf1_random_crop(stored, np.random.default_rng(3), 599, 1.0)
+    window = preprocess.train_transform(
+        stored, np.random.default_rng(seed), prescaled=True, **kwargs
+    )
+    return full_size, window, stored
+
+
+def _release_patch_at_origin(image: np.ndarray) -> np.ndarray:
+    """The release's training patch at offset (0, 0), as `tf1_random_crop` cuts it."""
+    patch = preprocess.tf1_crop_and_resize(image, 0, 0, min(image.shape[:2]), 599)
+    return np.clip(np.rint(patch * 255.0), 0, 255).astype(np.uint8)
+
+
+def test_lossless_release_patches_equal_the_full_size_ones():
+    """TF1's offsets fall on source pixels in full size and on stored ones pre-scaled: the two
+    grids share the origin, where the patches must be equal."""
+    stored = _stored(RELEASE, "png")
+    assert stored.shape[0] == 599 and abs(stored.shape[1] - 1280 * 599 / 960) < 1
+    full_size = RELEASE.decode(DROP.read_bytes())
+    np.testing.assert_array_equal(stored[:599, :599], _release_patch_at_origin(full_size))
+    # Training's patch of a pre-scaled image is a window of it, at the offsets it draws.
+    _, window, _ = _patches(RELEASE, "png", seed=3)
     draws = np.random.default_rng(3)
     top, left = int(draws.integers(1)), int(draws.integers(stored.shape[1] - 599 + 1))
-    np.testing.assert_array_equal(patch, stored[top : top + 599, left : left + 599])
+    np.testing.assert_array_equal(window, stored[top : top + 599, left : left + 599])
 
 
 def test_jpeg_release_patches_stay_within_the_measured_tolerance():
     stored = _stored(RELEASE, "jpeg")
-    full_size = RELEASE.decode(DROP.read_bytes())
-    difference = np.abs(
-        _tf1_patch(stored, 0, 0, RELEASE).astype(int) - _tf1_patch(full_size, 0, 0, RELEASE)
-    )
+    full_size = _release_patch_at_origin(RELEASE.decode(DROP.read_bytes()))
+    difference = np.abs(stored[:599, :599].astype(int) - full_size)
     assert 0 < difference.mean() <= RELEASE_JPEG_MEAN
     assert np.percentile(difference, 99.9) <= RELEASE_JPEG_P999
 
 
-@pytest.mark.parametrize("image_format", prescale.IMAGE_FORMATS)
-def test_pillow_resampled_patches_stay_within_the_measured_tolerance(image_format):
-    stored = _stored(TABLE3, image_format)
-    assert min(stored.shape[:2]) == prescale.short_side(TABLE3) == 173
-    full_size = TABLE3.decode(DROP.read_bytes())
-    difference = np.abs(
-        TABLE3.eval_transform(stored).astype(int) - TABLE3.eval_transform(full_size)
-    )
-    assert difference.mean() <= TABLE3_MEAN
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pillow_patches_of_the_same_draws_match(seed):
+    full_size, window, stored = _patches(TABLE3, "png", seed)
+    assert min(stored.shape[:2]) == int(prescale.shorter_side(TABLE3)) == 172
+    difference = np.abs(window.astype(int) - full_size)
+    assert difference.max() <= 1 and np.mean(difference > 0) < 1e-3
+    full_size, window, _ = _patches(TABLE3, "jpeg", seed)
+    assert 0 < np.abs(window.astype(int) - full_size).mean() <= TABLE3_JPEG_MEAN
 
 
-def test_the_stored_side_covers_the_patch():
-    for size, fraction in [(599, 1.0), (151, 0.875), (299, 0.875), (100, 0.3)]:
-        side = prescale.short_side(preprocess.Preprocessing(size, fraction))
-        assert int(fraction * side) >= size > int(fraction * (side - 1))
+def test_prescaling_needs_patches_inside_the_image():
+    with pytest.raises(ValueError, match="central_fraction <= 1"):
+        prescale.Prescaled(preprocess.Preprocessing(151, 1.2))
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +109,29 @@ def test_the_builder_records_the_scale_and_keeps_the_test_split(prescaled_config
     assert prescale.Prescaled(TABLE3, "jpeg", 95, ("train",)) in recorded
     assert None in recorded  # the plain dataset of configs/ci.py
     train = input_pipeline.open_tfds_source(prescaled_config, "train")
-    assert {min(preprocess.decode_image(train[i]["image"]).shape[:2]) for i in range(4)} == {173}
+    assert {min(preprocess.decode_image(train[i]["image"]).shape[:2]) for i in range(4)} == {172}
     test = input_pipeline.open_tfds_source(prescaled_config, "test")
     as_given = input_pipeline.open_tfds_source(ci_config(tfds_data_dir), "test")
     assert len(test) == len(as_given) > 0
     assert all(test[i]["image"] == as_given[i]["image"] for i in range(len(test)))
+
+
+def test_training_patches_are_windows_of_the_stored_images(prescaled_config):
+    config = copy.deepcopy(prescaled_config)
+    config.input.update(NO_FLIPS)
+    source = input_pipeline.open_tfds_source(config, "train")
+    stored = [preprocess.decode_image(source[i]["image"]) for i in range(len(source))]
+    dataset = input_pipeline.create_train_dataset(
+        config, source, process_index=0, process_count=1, seed=0
+    )
+    size = config.model.image_size
+    for patch in next(iter(dataset))["image"]:
+        found = False
+        for image in stored:  # candidates: offsets where the first pixel matches
+            first = np.all(image[: 1 - size or None, : 1 - size or None] == patch[0, 0], axis=-1)
+            for top, left in zip(*np.nonzero(first), strict=True):
+                found |= np.array_equal(image[top : top + size, left : left + size], patch)
+        assert found
 
 
 def _other_size(config):
@@ -116,6 +149,22 @@ def test_a_dataset_prescaled_for_another_size_is_refused_in_one_line(prescaled_c
     message = str(refused.value)
     assert "\n" not in message and "image_size 151 (config: 299)" in message
     assert len(input_pipeline.open_tfds_source(config, "test")) > 0  # stored as given
+
+
+def test_a_prescaled_split_needs_the_config_to_say_so(prescaled_config):
+    """The same dataset named through explicit builder fields, config.dataset.prescale empty:
+    its patches would be resampled a second time."""
+    config = copy.deepcopy(prescaled_config)
+    config.dataset.prescale = ""
+    config.dataset.config_overrides = {
+        "prescale_format": "jpeg",
+        "prescale_image_size": 151,
+        "prescale_central_fraction": 0.875,
+        "prescale_resize_method": "pil_antialias",
+        "prescale_jpeg_dct": "accurate",
+    }
+    with pytest.raises(prescale.StorageMismatchError, match="config.dataset.prescale is empty"):
+        input_pipeline.open_tfds_source(config, "train")
 
 
 def test_main_exits_2_with_one_line(prescaled_config, tmp_path, capsys):
