@@ -9,10 +9,12 @@ as in training): decode, the random patch at the evaluation scale, flips, batche
 pipeline of `data.input_pipeline` with configs/default.py's preprocessing (the release's: TF1
 bilinear, fast DCT) at --size. It is measured for each storage (--storage: `original` the files
 as given; `jpeg`/`png` the same files pre-scaled for that preprocessing by the builder's own
-function, `Prescaled.encoded`) at each worker count (--workers: a list gives the scaling
-curve). Per core: images per CPU-second of all the pipeline's processes at 1 worker (CPU time
-barely moves with other load on the machine, wall time does), and the wall images/s at 1 worker;
-the ratio of each storage to `original`. Records are held in memory for every storage alike.
+function, `Prescaled.encoded`) at each worker count and read-thread count (--workers,
+--read-threads: lists give the scaling curve, "scaling" in the JSON; 0 workers builds the
+batches in this process, in --read-threads threads, with no hand-over between processes). Per
+core: images per CPU-second of all the pipeline's processes at 1 worker (CPU time barely moves
+with other load on the machine, wall time does), and the wall images/s at 1 worker; the ratio
+of each storage to `original`. Records are held in memory for every storage alike.
 
 With --with-tf-data, the whole of the paper's training augmentation (section 3) is also timed,
 on the original files at the largest worker count (needs TensorFlow): decode, scale to the
@@ -131,7 +133,7 @@ def _time_windows(batches: Iterator, args: argparse.Namespace) -> list[tuple[flo
     return [consume(args.seconds_per_run) for _ in range(args.runs)]
 
 
-def _config(args: argparse.Namespace, storage: str, workers: int = 0):
+def _config(args: argparse.Namespace, storage: str, workers: int = 0, threads: int = 1):
     """configs/default.py (the paper's augmentation numbers) at the benchmark's size and batch,
     training on `storage`."""
     from marco_jax.config_utils import load_config
@@ -141,18 +143,18 @@ def _config(args: argparse.Namespace, storage: str, workers: int = 0):
     config.dataset.prescale = "" if storage == "original" else storage
     config.input.global_batch_size = args.batch
     config.input.num_workers = workers
-    config.input.read_threads = args.read_threads
+    config.input.read_threads = threads
     return config
 
 
 def _host_batches(
-    images: list[bytes], args: argparse.Namespace, storage: str, workers: int
+    images: list[bytes], args: argparse.Namespace, storage: str, workers: int, threads: int
 ) -> tuple[Iterator, Callable]:
     """The training pipeline's batches as the host delivers them (no JAX)."""
     from marco_jax.data import input_pipeline
 
     dataset = input_pipeline.create_train_dataset(
-        _config(args, storage, workers),
+        _config(args, storage, workers, threads),
         BytesSource(images),
         process_index=0,
         process_count=1,
@@ -168,7 +170,7 @@ def _host_batches(
 
 
 def _grain_jax_batches(
-    images: list[bytes], args: argparse.Namespace, workers: int
+    images: list[bytes], args: argparse.Namespace, workers: int, threads: int
 ) -> tuple[Iterator, Callable]:
     """The host's batches followed by the photometric distortions in JAX on the CPU."""
     import jax
@@ -178,7 +180,7 @@ def _grain_jax_batches(
 
     from marco_jax.data import augment
 
-    config = _config(args, "original", workers)
+    config = _config(args, "original", workers, threads)
 
     @jax.jit
     def distort(key, images):
@@ -187,7 +189,7 @@ def _grain_jax_batches(
             return jnp.round(images * 255.0).astype(jnp.uint8)
         return images
 
-    host, close = _host_batches(images, args, "original", workers)
+    host, close = _host_batches(images, args, "original", workers, threads)
 
     def batches():
         key = jax.random.key(0)
@@ -274,16 +276,21 @@ def _versions() -> dict:
     return versions
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected integers separated by commas"
-        ) from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: worker counts must be >= 0")
-    return values
+def _counts(minimum: int) -> Callable[[str], list[int]]:
+    """Parses "N" or "N,M,...": counts >= minimum, or -1 for the pipeline's auto choice."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or any(v < minimum and v != -1 for v in values):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected integers >= {minimum} (or -1: auto) separated by commas"
+            )
+        return values
+
+    return parse
 
 
 def _storage_list(text: str) -> list[str]:
@@ -308,31 +315,32 @@ def _measure(batches: Iterator, close: Callable, args: argparse.Namespace) -> di
     }
 
 
-def _scaling(by_workers: dict[int, dict]) -> list[dict]:
-    """The curve: images/s at each worker count, and its speed-up over the fewest workers."""
-    base = by_workers[min(by_workers)]["images_per_s"]
+def _scaling(measured: dict[tuple[int, int], dict]) -> list[dict]:
+    """The curve: each (workers, read threads) measured, with its speed-up in images/s over the
+    first one."""
+    base = next(iter(measured.values()))["images_per_s"]
     return [
         {
             "workers": workers,
-            "images_per_s": result["images_per_s"],
-            "speedup": round(result["images_per_s"] / base, 3),
-            "images_per_cpu_s": result["images_per_cpu_s"],
+            "read_threads": threads,
+            **figures,
+            "speedup": round(figures["images_per_s"] / base, 3),
         }
-        for workers, result in sorted(by_workers.items())
+        for (workers, threads), figures in measured.items()
     ]
 
 
-def _per_core(host: dict[str, dict[int, dict]], workers: list[int]) -> dict | None:
-    """Per-core figures at 1 worker (one process decoding), each storage against `original`."""
-    if 1 not in workers:
-        return None
-    per_core = {
-        storage: {
-            "images_per_cpu_s": by_workers[1]["images_per_cpu_s"],
-            "images_per_s_one_worker": by_workers[1]["images_per_s"],
-        }
-        for storage, by_workers in host.items()
-    }
+def _per_core(host: dict[str, dict[tuple[int, int], dict]]) -> dict | None:
+    """Per-core figures from the first measurement at 1 worker (one process decoding), each
+    storage against `original`."""
+    per_core = {}
+    for storage, measured in host.items():
+        one_worker = [figures for (workers, _), figures in measured.items() if workers == 1]
+        if one_worker:
+            per_core[storage] = {
+                "images_per_cpu_s": one_worker[0]["images_per_cpu_s"],
+                "images_per_s_one_worker": one_worker[0]["images_per_s"],
+            }
     if "original" in per_core:
         reference = per_core["original"]
         for storage, figures in per_core.items():
@@ -341,14 +349,14 @@ def _per_core(host: dict[str, dict[int, dict]], workers: list[int]) -> dict | No
                     figures[f"ratio_{name}_over_original"] = round(
                         figures[name] / reference[name], 2
                     )
-    return per_core
+    return per_core or None
 
 
 def _tf_data_comparison(paths: list[str], args: argparse.Namespace, cores: int) -> dict:
     """The paper's whole augmentation: grain + JAX distortions against tf.data, original files."""
     images = _stored_images(paths, "original", args)
     workers = max(args.workers)
-    grain_jax = _measure(*_grain_jax_batches(images, args, workers), args)
+    grain_jax = _measure(*_grain_jax_batches(images, args, workers, args.read_threads[0]), args)
     tf_data = _measure(_tf_batches(paths, args, cores), lambda: None, args)
     return {
         "grain_workers": workers,
@@ -367,12 +375,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=599)  # paper section 3
     parser.add_argument(
         "--workers",
-        type=_int_list,
+        type=_counts(0),
         default=sorted({1, cores}),
         help="grain worker processes: one count or a list (1,2,4,...) for the scaling curve",
     )
     parser.add_argument(
-        "--read-threads", type=int, default=-1, help="threads per worker (-1: the auto choice)"
+        "--read-threads",
+        type=_counts(1),
+        default=[-1],
+        help="threads per process building batches, one count or a list (-1: the auto choice)",
     )
     parser.add_argument(
         "--storage",
@@ -389,30 +400,28 @@ def main() -> None:
     paths = _find_jpegs(args.images)
     load_at_start = os.getloadavg()[0]
 
-    host: dict[str, dict[int, dict]] = {}
+    host: dict[str, dict[tuple[int, int], dict]] = {}
+    stored_kib = {}
     for storage in args.storage:
         images = _stored_images(paths, storage, args)
+        stored_kib[storage] = round(sum(map(len, images)) / len(images) / 1024)
         host[storage] = {
-            workers: _measure(*_host_batches(images, args, storage, workers), args)
+            (workers, threads): _measure(
+                *_host_batches(images, args, storage, workers, threads), args
+            )
             for workers in args.workers
+            for threads in args.read_threads
         }
-        host[storage]["stored_kib_per_image"] = round(sum(map(len, images)) / len(images) / 1024)
-    stored_kib = {storage: results.pop("stored_kib_per_image") for storage, results in host.items()}
     result = {
         "benchmark": "input_pipeline",
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "files": len(paths),
         "size": args.size,
         "batch": args.batch,
-        "read_threads": args.read_threads,
         "stored_kib_per_image": stored_kib,
         # Decode + crop + flips: the host's share when the distortions run on the device.
-        "per_core": _per_core(host, args.workers),
-        "scaling": {storage: _scaling(results) for storage, results in host.items()},
-        "host_only": {
-            storage: {str(workers): figures for workers, figures in results.items()}
-            for storage, results in host.items()
-        },
+        "per_core": _per_core(host),
+        "scaling": {storage: _scaling(measured) for storage, measured in host.items()},
     }
     if args.with_tf_data:
         result["dtype"] = args.dtype
