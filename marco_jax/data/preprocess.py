@@ -312,7 +312,7 @@ def tf1_square_side(height: int, width: int, central_fraction: float) -> int:
 def tf1_crop_and_resize(image: ImageLike, top: int, left: int, side: int, size: int) -> np.ndarray:
     """The square [top, top+side) x [left, left+side) as float [0, 1], TF1-resized to size."""
     square = np.asarray(image)[top : top + side, left : left + side]
-    if side == size:  # TF1's resize at scale 1 samples every pixel with weight 0: a copy
+    if side == size:  # TF1's resize at scale 1 takes each pixel itself (lerp weights 0)
         return _to_unit_float(square)
     return tf1_resample(square, size, size)
 

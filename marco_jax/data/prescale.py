@@ -46,7 +46,7 @@ METADATA_KEY = "prescaled"  # the key of the record in the dataset's metadata
 
 
 class StorageMismatchError(ValueError):
-    """A dataset pre-scaled for another preprocessing than the config's; str() is one line."""
+    """A split stored otherwise than the config would train on it; str() is one line."""
 
 
 def shorter_side(preprocessing: preprocess.Preprocessing) -> float:
@@ -68,9 +68,9 @@ def prescale(image: preprocess.ImageLike, preprocessing: preprocess.Preprocessin
     The scale is the one the training crop of this very image uses, with its resampler:
     "tf1_bilinear" takes TF1's taps at int(central_fraction * shorter side) / image_size source
     pixels per stored pixel on both axes (`tf1_random_crop`); "pil_antialias" Pillow's
-    antialiased bilinear over the source box at `preprocess.eval_scale` (`random_crop`). Stored
-    pixel (y, x) is therefore the pixel a full-size patch at the same offsets has: a patch at
-    offset (0, 0) is the full-size one, rounded to uint8 as training patches are.
+    antialiased bilinear over the source box at `preprocess.eval_scale` (`random_crop`). The
+    window at offset (0, 0) is therefore the full-size patch at (0, 0), rounded to uint8 as
+    training patches are ("pil_antialias": at every offset, which both draw in output pixels).
     """
     height, width = preprocess.height_width(image)
     size = preprocessing.image_size
