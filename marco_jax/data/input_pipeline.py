@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags
 
 from marco_jax import cli, logs
-from marco_jax.data import preprocess
+from marco_jax.data import parallelism, preprocess, prescale
 
 
 def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:
@@ -81,8 +81,7 @@ def _host_item(
     return position, stream[position]
 
 
-def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
-    threads = config.input.read_threads
+def _read_options(threads: int) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
 
 
@@ -126,19 +125,19 @@ def _release_shared_memory() -> None:
 
 
 def _prefetch(config: ml_collections.ConfigDict, ds: grain.MapDataset) -> grain.IterDataset:
-    """Hands the batch dataset to `num_workers` worker processes (none when 0)."""
-    if config.input.num_workers > 0 and not flags.FLAGS.is_parsed():
+    """Hands the batch dataset to the worker processes of `parallelism` (none when 0)."""
+    chosen = parallelism.choose(config.input)
+    if chosen.workers > 0 and not flags.FLAGS.is_parsed():
         # grain's worker start reads an absl flag (its profiler switch) and fails when flags are
         # unparsed, as in tests, notebooks and scripts that are not absl apps. Marking them
         # parsed keeps every flag at its default; an absl app has parsed them already.
         flags.FLAGS.mark_as_parsed()
-    if config.input.num_workers > 0:
+    if chosen.workers > 0:
         atexit.unregister(_release_shared_memory)  # registered once, and after multiprocessing
         atexit.register(_release_shared_memory)
-    return ds.to_iter_dataset(_read_options(config)).mp_prefetch(
+    return ds.to_iter_dataset(_read_options(chosen.read_threads)).mp_prefetch(
         grain.MultiprocessingOptions(
-            num_workers=config.input.num_workers,
-            per_worker_buffer_size=config.input.prefetch_buffer_size,
+            num_workers=chosen.workers, per_worker_buffer_size=chosen.prefetch
         ),
         worker_init_fn=_die_with_parent,
     )
@@ -158,7 +157,9 @@ def create_train_dataset(
     B = global_batch_size // process_count, S = config.model.image_size. Process p's batch b is
     slice [p * B, (p + 1) * B) of global batch b of one stream shared by all processes: `source`
     (random access: len + __getitem__, records with "image" bytes and "label") shuffled anew every
-    epoch with config.input.shuffle_seed. `seed` drives the crops and flips.
+    epoch with config.input.shuffle_seed. `seed` drives the crops and flips. With
+    config.dataset.prescale set, the records are pre-scaled (`data.prescale`) and the crops are
+    windows of them.
 
     The stream starts at global batch `start_batch`: a run resumed at step s passes s, and sees
     the batches an uninterrupted run would, with any number of worker processes (the position
@@ -180,6 +181,7 @@ def create_train_dataset(
         size=preprocessing.image_size,
         central_fraction=preprocessing.central_fraction,
         resize_method=preprocessing.resize_method,
+        prescaled=bool(config.dataset.get("prescale", "")),  # checked by open_tfds_source
         flip_left_right_prob=config.input.flip_left_right_prob,
         flip_up_down_prob=config.input.flip_up_down_prob,
         random_rot90=config.input.random_rot90,
@@ -283,7 +285,12 @@ def open_tfds_source(config: ml_collections.ConfigDict, split: str) -> Sequence[
     Goes through `tfds_marco.marco.build`, which prepares the dataset (array_record, as random
     access needs) in config.dataset.data_dir unless it is there already: the `synthetic` configs
     generate themselves, `full` reads config.dataset.manual_dir; config.dataset.config_overrides
-    select a variant of the named config.
+    select a variant of the named config. config.dataset.prescale "jpeg" or "png" selects the
+    variant whose train split is pre-scaled for this config's preprocessing (`data.prescale`).
+
+    Raises:
+      prescale.StorageMismatchError: `split` is stored pre-scaled for other preprocessing than
+        the config's (one line).
     """
     if config.dataset.name != "marco":
         raise ValueError(
@@ -295,6 +302,16 @@ def open_tfds_source(config: ml_collections.ConfigDict, split: str) -> Sequence[
 
     from tfds_marco.marco import build
 
+    preprocessing = preprocess.Preprocessing.from_config(config)
+    overrides = dict(config.dataset.get("config_overrides", {}))
+    if image_format := config.dataset.get("prescale", ""):
+        overrides = {
+            "prescale_format": image_format,
+            "prescale_image_size": preprocessing.image_size,
+            "prescale_central_fraction": preprocessing.central_fraction,
+            "prescale_resize_method": preprocessing.resize_method,
+            "prescale_jpeg_dct": preprocessing.jpeg_dct,
+        } | overrides  # explicit overrides win; `check` below catches a contradiction
     with logs.library_output_to_file() as quiet:
         if quiet:
             tfds.disable_progress_bar()  # its bars would only fill the log file
@@ -302,17 +319,21 @@ def open_tfds_source(config: ml_collections.ConfigDict, split: str) -> Sequence[
             config.dataset.config_name,
             data_dir=config.dataset.data_dir,
             manual_dir=config.dataset.manual_dir,
-            **config.dataset.get("config_overrides", {}),
+            **overrides,
         ).data_dir
     # Read through a read-only builder of the prepared files: its source pickles into the grain
     # worker processes, where one holding the registered config object fails to unpickle.
-    builder = tfds.builder_from_directory(prepared)
+    reader = tfds.builder_from_directory(prepared)
+    # Whether training cuts windows of pre-scaled images: the split it reads must be so stored.
+    train_prescaled = bool(image_format) if split == config.dataset.train_split else None
+    where = f"The dataset in {prepared}"
+    prescale.check(reader.info.metadata, split, preprocessing, train_prescaled, where)
     try:
-        return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        return reader.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     except NotImplementedError:  # TFDS reads random access from array_record (or parquet) only
         raise cli.ArgumentError(
             f"{prepared} holds marco/{config.dataset.config_name} as "
-            f"{builder.info.file_format.value} files, which cannot be read by index; add "
+            f"{reader.info.file_format.value} files, which cannot be read by index; add "
             f"array_record files beside them with `tfds convert_format --dataset_version_dir="
             f"{prepared} --out_file_format=array_record`, or rebuild it with `tfds build "
             "--file_format=array_record`."
