@@ -1,22 +1,32 @@
-"""Images/s of the training input pipeline on a folder of JPEGs, next to a classic tf.data one.
+"""Images/s of the training input pipeline on a folder of JPEGs: per core and per worker count,
+for the images as given and pre-scaled (`marco_jax.data.prescale`), and next to tf.data.
 
-The measured work is the whole of the paper's training augmentation (section 3): decode, scale to
-the evaluation scale and cut a random size x size patch, random flips, the photometric distortions
-(TF-slim's distort_color, random ordering), to uint8 or float32 batches. Our pipeline does the
-host part in grain (`data.input_pipeline`) and the photometric part in JAX, here on the CPU
-(it runs on the accelerator in training, but it is part of the work); the baseline does all of it
-with tf.image ops in a tf.data pipeline with as many parallel calls as cores (the classic way:
-antialiased resize of the whole image to the eval scale, then tf.image.random_crop; grain resamples
-only the patch's area). Both read the same files (all JPEGs under --images, recursively, repeated
-to fill the batches). A third figure is the grain pipeline without the photometric part: what the
-host must sustain when, as in training, the distortions run on the accelerator.
+  python bench/input_pipeline.py --images ../shared/real_drops --size 599 --workers 1,2 \
+      --storage original,jpeg [--with-tf-data]
 
-  python bench/input_pipeline.py --images ../shared/real_drops --size 599
+The host's share (what it must sustain when the photometric distortions run on the accelerator,
+as in training): decode, the random patch at the evaluation scale, flips, batched by the grain
+pipeline of `data.input_pipeline` with configs/default.py's preprocessing (the release's: TF1
+bilinear, fast DCT) at --size. It is measured for each storage (--storage: `original` the files
+as given; `jpeg`/`png` the same files pre-scaled for that preprocessing by the builder's own
+function, `Prescaled.encoded`) at each worker count (--workers: a list gives the scaling
+curve). Per core: images per CPU-second of all the pipeline's processes at 1 worker (CPU time
+barely moves with other load on the machine, wall time does), and the wall images/s at 1 worker;
+the ratio of each storage to `original`. Records are held in memory for every storage alike.
 
-Prints one JSON line: median images/s of each over --runs windows of --seconds-per-run (after a
-warm-up), the ratio grain/tf.data, the CPU time per image (all processes; Linux /proc), the
-command line and the machine. With the defaults a run takes one to two minutes on 2 cores
-(imports, compilation and stopping the worker processes included).
+With --with-tf-data, the whole of the paper's training augmentation (section 3) is also timed,
+on the original files at the largest worker count (needs TensorFlow): decode, scale to the
+evaluation scale and cut a random patch, flips, the photometric distortions (TF-slim's
+distort_color, random ordering), to uint8 or float32 batches. Our pipeline does the host part in
+grain and the photometric part in JAX, here on the CPU (it runs on the accelerator in training,
+but it is part of the work); the baseline does all of it with tf.image ops in a tf.data pipeline
+with as many parallel calls as cores (the classic way: antialiased resize of the whole image to
+the eval scale, then tf.image.random_crop).
+
+Prints one JSON line: for each measurement the median images/s over --runs windows of
+--seconds-per-run after a warm-up, and the CPU time per image (all processes; Linux /proc); the
+command line and the machine. Each measurement (worker start included) takes ~15 s; the
+defaults (2 storages, 1 worker and all cores) about a minute.
 """
 
 import argparse
@@ -33,18 +43,31 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
-class FileSource:
-    """Random-access records read from disk on demand, as an array_record source would be."""
+STORAGES = ("original", "jpeg", "png")
 
-    def __init__(self, paths: list[str]):
-        self._paths = paths
+
+class BytesSource:
+    """Random-access records held in memory, as an array_record source hands them out."""
+
+    def __init__(self, images: list[bytes]):
+        self._images = images
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._images)
 
     def __getitem__(self, index: int) -> dict:
-        path = self._paths[index]
-        return {"image": pathlib.Path(path).read_bytes(), "label": 0, "filename": path}
+        return {"image": self._images[index], "label": 0, "filename": str(index)}
+
+
+def _stored_images(paths: list[str], storage: str, args: argparse.Namespace) -> list[bytes]:
+    """The files' bytes as given, or pre-scaled for the benchmark's preprocessing."""
+    from marco_jax.data import preprocess, prescale
+
+    originals = [pathlib.Path(path).read_bytes() for path in paths]
+    if storage == "original":
+        return originals
+    prescaled = prescale.Prescaled(preprocess.Preprocessing.from_config(_config(args)), storage)
+    return [prescaled.encoded(data) for data in originals]
 
 
 def _find_jpegs(folder: str) -> list[str]:
@@ -100,30 +123,48 @@ def _time_windows(batches: Iterator, args: argparse.Namespace) -> list[tuple[flo
     return [consume(args.seconds_per_run) for _ in range(args.runs)]
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, workers: int = 0):
     """configs/default.py (the paper's augmentation numbers) at the benchmark's size and batch."""
     from marco_jax.config_utils import load_config
 
     config = load_config(REPO / "configs" / "default.py")
     config.model.image_size = args.size
     config.input.global_batch_size = args.batch
-    config.input.num_workers = args.workers
+    config.input.num_workers = workers
+    config.input.read_threads = args.read_threads
     return config
 
 
-def _grain_batches(
-    paths: list[str], args: argparse.Namespace, photometric: bool
+def _host_batches(
+    images: list[bytes], args: argparse.Namespace, workers: int
 ) -> tuple[Iterator, Callable]:
-    """The training pipeline's batches, with the photometric distortions in JAX on the CPU, or
-    without them (what the host must deliver when they run on the accelerator)."""
+    """The training pipeline's batches as the host delivers them (no JAX)."""
+    from marco_jax.data import input_pipeline
+
+    dataset = input_pipeline.create_train_dataset(
+        _config(args, workers), BytesSource(images), process_index=0, process_count=1, seed=0
+    )
+    iterator = iter(dataset)
+
+    def batches():
+        while True:
+            yield next(iterator)["image"]
+
+    return batches(), iterator.close
+
+
+def _grain_jax_batches(
+    images: list[bytes], args: argparse.Namespace, workers: int
+) -> tuple[Iterator, Callable]:
+    """The host's batches followed by the photometric distortions in JAX on the CPU."""
     import jax
 
     jax.config.update("jax_platforms", "cpu")
     import jax.numpy as jnp
 
-    from marco_jax.data import augment, input_pipeline
+    from marco_jax.data import augment
 
-    config = _config(args)
+    config = _config(args, workers)
 
     @jax.jit
     def distort(key, images):
@@ -132,20 +173,14 @@ def _grain_batches(
             return jnp.round(images * 255.0).astype(jnp.uint8)
         return images
 
-    dataset = input_pipeline.create_train_dataset(
-        config, FileSource(paths), process_index=0, process_count=1, seed=0
-    )
-    iterator = iter(dataset)
+    host, close = _host_batches(images, args, workers)
 
     def batches():
         key = jax.random.key(0)
-        for step in range(sys.maxsize):
-            images = next(iterator)["image"]
-            if photometric:
-                images = jax.block_until_ready(distort(jax.random.fold_in(key, step), images))
-            yield images
+        for step, images in enumerate(host):
+            yield jax.block_until_ready(distort(jax.random.fold_in(key, step), images))
 
-    return batches(), iterator.close
+    return batches(), close
 
 
 def _tf_batches(paths: list[str], args: argparse.Namespace, cores: int) -> Iterator:
@@ -225,13 +260,113 @@ def _versions() -> dict:
     return versions
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected integers separated by commas"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts must be >= 0")
+    return values
+
+
+def _storage_list(text: str) -> list[str]:
+    values = text.split(",")
+    if unknown := [v for v in values if v not in STORAGES]:
+        raise argparse.ArgumentTypeError(f"unknown storage {unknown}: use {STORAGES}")
+    return values
+
+
+def _measure(batches: Iterator, close: Callable, args: argparse.Namespace) -> dict:
+    windows = _time_windows(batches, args)
+    close()
+    rates = [rate for rate, _ in windows]
+    cpu_ms = statistics.median(ms for _, ms in windows)
+    return {
+        "images_per_s": round(statistics.median(rates), 2),
+        # CPU time (all processes and threads of the pipeline) per image: the cost, robust to
+        # other load on the machine, which the images/s are not.
+        "cpu_ms_per_image": round(cpu_ms, 2),
+        "images_per_cpu_s": round(1000.0 / cpu_ms, 2),
+        "runs_images_per_s": [round(r, 2) for r in rates],
+    }
+
+
+def _scaling(by_workers: dict[int, dict]) -> list[dict]:
+    """The curve: images/s at each worker count, and its speed-up over the fewest workers."""
+    base = by_workers[min(by_workers)]["images_per_s"]
+    return [
+        {
+            "workers": workers,
+            "images_per_s": result["images_per_s"],
+            "speedup": round(result["images_per_s"] / base, 3),
+            "images_per_cpu_s": result["images_per_cpu_s"],
+        }
+        for workers, result in sorted(by_workers.items())
+    ]
+
+
+def _per_core(host: dict[str, dict[int, dict]], workers: list[int]) -> dict | None:
+    """Per-core figures at 1 worker (one process decoding), each storage against `original`."""
+    if 1 not in workers:
+        return None
+    per_core = {
+        storage: {
+            "images_per_cpu_s": by_workers[1]["images_per_cpu_s"],
+            "images_per_s_one_worker": by_workers[1]["images_per_s"],
+        }
+        for storage, by_workers in host.items()
+    }
+    if "original" in per_core:
+        reference = per_core["original"]
+        for storage, figures in per_core.items():
+            if storage != "original":
+                for name in ("images_per_cpu_s", "images_per_s_one_worker"):
+                    figures[f"ratio_{name}_over_original"] = round(
+                        figures[name] / reference[name], 2
+                    )
+    return per_core
+
+
+def _tf_data_comparison(paths: list[str], args: argparse.Namespace, cores: int) -> dict:
+    """The paper's whole augmentation: grain + JAX distortions against tf.data, original files."""
+    images = _stored_images(paths, "original", args)
+    workers = max(args.workers)
+    grain_jax = _measure(*_grain_jax_batches(images, args, workers), args)
+    tf_data = _measure(_tf_batches(paths, args, cores), lambda: None, args)
+    return {
+        "grain_workers": workers,
+        "tf_data_parallel_calls": cores,
+        "grain_jax": grain_jax,
+        "tf_data": tf_data,
+        "ratio_grain_over_tf_data": round(grain_jax["images_per_s"] / tf_data["images_per_s"], 3),
+    }
+
+
 def main() -> None:
     cores = len(os.sched_getaffinity(0))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", required=True, help="folder searched recursively for JPEGs")
     parser.add_argument("--batch", type=int, default=64)  # paper section 3
     parser.add_argument("--size", type=int, default=599)  # paper section 3
-    parser.add_argument("--workers", type=int, default=cores, help="grain worker processes")
+    parser.add_argument(
+        "--workers",
+        type=_int_list,
+        default=sorted({1, cores}),
+        help="grain worker processes: one count or a list (1,2,4,...) for the scaling curve",
+    )
+    parser.add_argument(
+        "--read-threads", type=int, default=-1, help="threads per worker (-1: the auto choice)"
+    )
+    parser.add_argument(
+        "--storage",
+        type=_storage_list,
+        default=["original", "jpeg"],
+        help=f"comma-separated, of {STORAGES}",
+    )
+    parser.add_argument("--with-tf-data", action="store_true", help="also time tf.data")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds-per-run", type=float, default=2.0)
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
@@ -240,45 +375,43 @@ def main() -> None:
     paths = _find_jpegs(args.images)
     load_at_start = os.getloadavg()[0]
 
-    windows = {}
-    for name, photometric in (("grain_jax", True), ("grain_host_only", False)):
-        batches, close = _grain_batches(paths, args, photometric)
-        windows[name] = _time_windows(batches, args)
-        close()
-    windows["tf_data"] = _time_windows(_tf_batches(paths, args, cores), args)
-    rates = {name: [rate for rate, _ in values] for name, values in windows.items()}
-    medians = {name: statistics.median(values) for name, values in rates.items()}
-    cpu_ms = {name: statistics.median(ms for _, ms in values) for name, values in windows.items()}
+    host: dict[str, dict[int, dict]] = {}
+    for storage in args.storage:
+        images = _stored_images(paths, storage, args)
+        host[storage] = {
+            workers: _measure(*_host_batches(images, args, workers), args)
+            for workers in args.workers
+        }
+        host[storage]["stored_kib_per_image"] = round(sum(map(len, images)) / len(images) / 1024)
+    stored_kib = {storage: results.pop("stored_kib_per_image") for storage, results in host.items()}
     result = {
         "benchmark": "input_pipeline",
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "files": len(paths),
         "size": args.size,
         "batch": args.batch,
-        "dtype": args.dtype,
-        "grain_workers": args.workers,
-        "tf_data_parallel_calls": cores,
-        "grain_jax_images_per_s": round(medians["grain_jax"], 2),
-        "tf_data_images_per_s": round(medians["tf_data"], 2),
-        "ratio_grain_over_tf_data": round(medians["grain_jax"] / medians["tf_data"], 3),
-        # Decode + crop + flips only: the host's share when the distortions run on the device.
-        "grain_host_only_images_per_s": round(medians["grain_host_only"], 2),
-        # CPU time (all processes and threads of the pipeline) per image: the cost, robust to
-        # other load on the machine, which the images/s are not.
-        "cpu_ms_per_image": {name: round(ms, 1) for name, ms in cpu_ms.items()},
-        "runs_images_per_s": {
-            name: [round(r, 2) for r in values] for name, values in rates.items()
+        "read_threads": args.read_threads,
+        "stored_kib_per_image": stored_kib,
+        # Decode + crop + flips: the host's share when the distortions run on the device.
+        "per_core": _per_core(host, args.workers),
+        "scaling": {storage: _scaling(results) for storage, results in host.items()},
+        "host_only": {
+            storage: {str(workers): figures for workers, figures in results.items()}
+            for storage, results in host.items()
         },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "cores_available": cores,
-            # Other processes on the machine slow both pipelines alike; recorded to judge that.
-            "load_average_1min_at_start": round(load_at_start, 2),
-            "python": platform.python_version(),
-            **_versions(),
-        },
+    }
+    if args.with_tf_data:
+        result["dtype"] = args.dtype
+        result["tf_data_comparison"] = _tf_data_comparison(paths, args, cores)
+    result["machine"] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cores_available": cores,
+        # Other processes on the machine slow every pipeline alike; recorded to judge that.
+        "load_average_1min_at_start": round(load_at_start, 2),
+        "python": platform.python_version(),
+        **_versions(),
     }
     print(json.dumps(result))
 

@@ -10,8 +10,9 @@ Exit codes, so that a scheduler can tell the cases apart (each failure is one li
       trains no further step (it evaluates and exits 0 again).
   1   a crash (a bug or an unexpected environment fault): Python's traceback.
   2   the invocation must change: an invalid config value (one line per field), a config that
-      changes the network or the data order of the run in --workdir, or a workdir in use by
-      another live process (the line names its pid and host).
+      changes the network or the data order of the run in --workdir, a workdir in use by
+      another live process (the line names its pid and host), or a dataset stored pre-scaled
+      for other preprocessing (config.dataset.prescale).
   3   training diverged: the loss or the updated state became NaN/inf. The line names the
       last checkpoint (verified finite) that a relaunch resumes from.
   4   checkpoint storage: no checkpoint in --workdir could be read back, or a save failed
@@ -31,6 +32,7 @@ from clu import platform
 from ml_collections import config_flags
 
 from marco_jax import cli, parallel
+from marco_jax.data.prescale import StorageMismatchError
 from marco_jax.runs import lock
 from marco_jax.training import checkpoints, config_checks
 
@@ -79,7 +81,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> None:
     platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, fv.workdir, "workdir")
     try:
         result = train.train_and_evaluate(fv.config, fv.workdir)
-    except (config_checks.ConfigError, lock.WorkdirLockedError) as e:
+    except (config_checks.ConfigError, lock.WorkdirLockedError, StorageMismatchError) as e:
         _fail(EXIT_USAGE, str(e).replace("\n", "\nerror: "))
     except train.NonFiniteLossError as e:
         _fail(EXIT_DIVERGED, str(e))

@@ -68,7 +68,7 @@ _SIGNATURES = {
     b"BM": "BMP",
 }
 _SNIFF_BYTES = 512
-_EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageReadError(Exception):
@@ -135,7 +135,7 @@ def decode_cost(path: str) -> int:
 
 
 def _read_jpeg(path: str, image: Image.Image, fast_dct: bool) -> np.ndarray:
-    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     try:
         with open(path, "rb") as f:
             pixels = decode_jpeg(f.read(), fast_dct=fast_dct)

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from marco_jax.data import preprocess
+from marco_jax.data import parallelism, preprocess, prescale
 
 
 def _local_batch_size(batch_size: int, process_count: int, field: str) -> int:
@@ -78,8 +78,7 @@ def _host_item(
     return position, stream[position]
 
 
-def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
-    threads = config.input.read_threads
+def _read_options(threads: int) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
 
 
@@ -104,16 +103,16 @@ def _die_with_parent(worker_index: int, worker_count: int) -> None:
 
 
 def _prefetch(config: ml_collections.ConfigDict, ds: grain.MapDataset) -> grain.IterDataset:
-    """Hands the batch dataset to `num_workers` worker processes (none when 0)."""
-    if config.input.num_workers > 0 and not flags.FLAGS.is_parsed():
+    """Hands the batch dataset to the worker processes of `parallelism` (none when 0)."""
+    chosen = parallelism.choose(config.input)
+    if chosen.workers > 0 and not flags.FLAGS.is_parsed():
         # grain's worker start reads an absl flag (its profiler switch) and fails when flags are
         # unparsed, as in tests, notebooks and scripts that are not absl apps. Marking them
         # parsed keeps every flag at its default; an absl app has parsed them already.
         flags.FLAGS.mark_as_parsed()
-    return ds.to_iter_dataset(_read_options(config)).mp_prefetch(
+    return ds.to_iter_dataset(_read_options(chosen.read_threads)).mp_prefetch(
         grain.MultiprocessingOptions(
-            num_workers=config.input.num_workers,
-            per_worker_buffer_size=config.input.prefetch_buffer_size,
+            num_workers=chosen.workers, per_worker_buffer_size=chosen.prefetch
         ),
         worker_init_fn=_die_with_parent,
     )
@@ -258,7 +257,12 @@ def open_tfds_source(config: ml_collections.ConfigDict, split: str) -> Sequence[
     Goes through `tfds_marco.marco.build`, which prepares the dataset (array_record, as random
     access needs) in config.dataset.data_dir unless it is there already: the `synthetic` configs
     generate themselves, `full` reads config.dataset.manual_dir; config.dataset.config_overrides
-    select a variant of the named config.
+    select a variant of the named config. config.dataset.prescale "jpeg" or "png" selects the
+    variant whose train split is pre-scaled for this config's preprocessing (`data.prescale`).
+
+    Raises:
+      prescale.StorageMismatchError: `split` is stored pre-scaled for other preprocessing than
+        the config's (one line).
     """
     if config.dataset.name != "marco":
         raise ValueError(
@@ -270,14 +274,24 @@ def open_tfds_source(config: ml_collections.ConfigDict, split: str) -> Sequence[
 
     from tfds_marco.marco import build
 
+    preprocessing = preprocess.Preprocessing.from_config(config)
+    overrides = dict(config.dataset.get("config_overrides", {}))
+    if image_format := config.dataset.get("prescale", ""):
+        overrides = {
+            "prescale_format": image_format,
+            "prescale_image_size": preprocessing.image_size,
+            "prescale_central_fraction": preprocessing.central_fraction,
+            "prescale_resize_method": preprocessing.resize_method,
+            "prescale_jpeg_dct": preprocessing.jpeg_dct,
+        } | overrides  # explicit overrides win; `check` below catches a contradiction
     prepared = build(
         config.dataset.config_name,
         data_dir=config.dataset.data_dir,
         manual_dir=config.dataset.manual_dir,
-        **config.dataset.get("config_overrides", {}),
+        **overrides,
     ).data_dir
     # Read through a read-only builder of the prepared files: its source pickles into the grain
     # worker processes, where one holding the registered config object fails to unpickle.
-    return tfds.builder_from_directory(prepared).as_data_source(
-        split=split, decoders={"image": tfds.decode.SkipDecoding()}
-    )
+    reader = tfds.builder_from_directory(prepared)
+    prescale.check(reader.info.metadata or {}, split, preprocessing, f"The dataset in {prepared}")
+    return reader.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})

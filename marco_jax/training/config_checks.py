@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 
 from marco_jax import labels
-from marco_jax.data import preprocess
+from marco_jax.data import parallelism, preprocess, prescale
 from marco_jax.model import inception
 from marco_jax.training import step
 
@@ -85,6 +85,15 @@ def _int_at_least(low: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if not _is_int(value) or value < low:
             return f"must be an integer >= {low}"
+        return None
+
+    return check
+
+
+def _auto_or_int_at_least(low: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not _is_int(value) or (value < low and value != parallelism.AUTO):
+            return f"must be an integer >= {low}, or {parallelism.AUTO} to choose from the cores"
         return None
 
     return check
@@ -174,6 +183,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "dataset.name": _choice(("marco",)),
     "dataset.data_dir": _optional_string,
     "dataset.manual_dir": _optional_string,
+    "dataset.prescale": _choice(("", *prescale.IMAGE_FORMATS)),
     "dataset.train_split": _string,
     "dataset.eval_split": _string,
     "input.global_batch_size": _int_at_least(1),
@@ -188,10 +198,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "input.flip_left_right_prob": _PROBABILITY,
     "input.flip_up_down_prob": _PROBABILITY,
     "input.random_rot90": _bool,
-    "input.num_workers": _int_at_least(0),
-    "input.prefetch_buffer_size": _int_at_least(1),
+    "input.num_workers": _auto_or_int_at_least(0),
+    "input.prefetch_buffer_size": _auto_or_int_at_least(1),
     "input.shuffle_seed": _int_at_least(0),
-    "input.read_threads": _int_at_least(1),
+    "input.read_threads": _auto_or_int_at_least(1),
     "optimizer.learning_rate": _NON_NEGATIVE,
     "optimizer.lr_reference_batch_size": _int_at_least(1),
     "optimizer.lr_scaling": _choice(LR_SCALINGS),

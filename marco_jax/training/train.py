@@ -209,12 +209,13 @@ def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, is_chief: bool
 ) -> dict[str, Any]:
     changes = _stored_changes(config, workdir)
+    # The data first: a dataset that cannot serve this config fails before the model is built.
+    train_source = input_pipeline.open_tfds_source(config, config.dataset.train_split)
+    eval_source = input_pipeline.open_tfds_source(config, config.dataset.eval_split)
     model = inception.create_model(config, rngs=config.seed)
     if config.get("init_from"):  # fine-tuning; a resumed run's checkpoint overrides it below
         fresh = warm_start.load_into(model, config)
         logging.info("Initialised from %s; fresh: %s.", config.init_from, fresh or "nothing")
-    train_source = input_pipeline.open_tfds_source(config, config.dataset.train_split)
-    eval_source = input_pipeline.open_tfds_source(config, config.dataset.eval_split)
     config_checks.check_num_labels(config, _num_labels(train_source))
     steps_per_epoch = max(1, len(train_source) // config.input.global_batch_size)
     num_steps = _num_train_steps(config, steps_per_epoch)

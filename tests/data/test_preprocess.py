@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from helpers import REPO
-from PIL import Image
+from PIL import Image, ImageOps
 
 from marco_jax.config_utils import load_config
 from marco_jax.data import preprocess
@@ -57,9 +57,10 @@ def test_decode_image_gives_rgb_uint8_for_every_mode():
 
 
 def test_pil_and_numpy_inputs_give_identical_crops():
-    """The pipelines pass `decode`'s PIL image, tests and `classify` pass arrays: same pixels."""
+    """The pipelines pass `decode`'s PIL image (formats other than JPEG), tests and `classify`
+    pass arrays: same pixels."""
     rng = np.random.default_rng(5)
-    data = _encode(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8), "JPEG")
+    data = _encode(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8), "PNG")
     pil, array = preprocess.decode(data), preprocess.decode_image(data)
     assert pil.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(pil), array)
@@ -78,6 +79,26 @@ def test_pil_and_numpy_inputs_give_identical_crops():
         preprocess.train_transform(pil, np.random.default_rng(1), **kwargs),
         preprocess.train_transform(array, np.random.default_rng(1), **kwargs),
     )
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_decoding_gives_pillows_pixels_and_orientation(mode, orientation):
+    """JPEGs are decoded by libjpeg-turbo (simplejpeg), not Pillow: the same pixels, turned by
+    the EXIF orientation as Pillow's exif_transpose turns them."""
+    rng = np.random.default_rng(orientation)
+    shape = (36, 52, 3) if mode == "RGB" else (36, 52)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
+        buffer, "JPEG", quality=90, exif=exif
+    )
+    with Image.open(buffer) as pillow:
+        expected = np.asarray(ImageOps.exif_transpose(pillow).convert("RGB"))
+    decoded = preprocess.decode_image(buffer.getvalue())
+    assert decoded.shape == expected.shape
+    np.testing.assert_array_equal(decoded, expected)
 
 
 def test_decode_drops_alpha_the_way_image_io_does():

@@ -324,7 +324,7 @@ BAD_VALUES = {
     "input.global_batch_size": 0,
     "dataset.config_name": "nosuch",
     "model.compute_dtype": "bfloat",
-    "input.num_workers": -1,
+    "input.num_workers": -2,
 }
 
 

@@ -16,6 +16,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
+from marco_jax.data import preprocess, prescale
 from marco_jax.labels import CLASS_NAMES
 from tfds_marco.marco import build_inputs, synthetic
 from tfds_marco.marco import manual_sources as ms
@@ -48,6 +49,16 @@ class MarcoConfig(tfds.core.BuilderConfig):
       num_train, num_test, image_size, seed: synthetic only: split sizes, square side, seed.
       class_weights: synthetic only: relative class frequencies in CLASS_NAMES order.
       jpeg_quality: synthetic only: quality of the stored JPEGs.
+      prescale_format: "" stores the images as given; "jpeg" or "png" stores the train split
+        pre-scaled for training with the preprocessing below (`marco_jax.data.prescale`: the
+        shorter side at prescale_image_size / prescale_central_fraction, e.g. 599 px for the
+        release's), decoding several times faster. The test split always keeps the originals,
+        so that evaluation is the release's. The dataset's metadata records it, and training
+        refuses a config with other preprocessing.
+      prescale_image_size, prescale_central_fraction, prescale_resize_method,
+        prescale_jpeg_dct: the training config's model.image_size and input.central_fraction,
+        resize_method, jpeg_dct (defaults: the release's, configs/default.py).
+      prescale_jpeg_quality: quality of the pre-scaled JPEGs.
     """
 
     kind: str = "manual"
@@ -62,6 +73,26 @@ class MarcoConfig(tfds.core.BuilderConfig):
     seed: int = 0
     class_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     jpeg_quality: int = 95
+    prescale_format: str = ""
+    prescale_image_size: int = 599
+    prescale_central_fraction: float = 1.0
+    prescale_resize_method: str = "tf1_bilinear"
+    prescale_jpeg_dct: str = "fast"
+    prescale_jpeg_quality: int = 95
+
+    def prescaled(self) -> prescale.Prescaled | None:
+        """What the train split is pre-scaled for; None when it is stored as given."""
+        if not self.prescale_format:
+            return None
+        preprocessing = preprocess.Preprocessing(
+            self.prescale_image_size,
+            self.prescale_central_fraction,
+            self.prescale_resize_method,
+            self.prescale_jpeg_dct,
+        )
+        return prescale.Prescaled(
+            preprocessing, self.prescale_format, self.prescale_jpeg_quality, (ms.TRAIN,)
+        )
 
 
 FULL = MarcoConfig(
@@ -131,14 +162,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             ),
             supervised_keys=("image", "label"),
             homepage="https://marco.ccr.buffalo.edu",
+            metadata=tfds.core.MetadataDict({prescale.METADATA_KEY: self._prescaled_record()}),
         )
+
+    def _prescaled_record(self) -> dict | None:
+        prescaled = self.builder_config.prescaled()
+        return None if prescaled is None else prescaled.to_metadata()
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
         if config.kind == "synthetic":
             sizes = {ms.TRAIN: config.num_train, ms.TEST: config.num_test}
             return {
-                s: self._generate_examples(self._synthetic_examples(i, n))
+                s: self._generate_examples(s, self._synthetic_examples(i, n))
                 for i, (s, n) in enumerate(sizes.items())
                 if n
             }
@@ -147,7 +183,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._reader = ManualReader(config, epath.Path(dl_manager.manual_dir))
         # Recorded before reading, so that a change made during the build shows next time.
         self._inputs = self._reader.manifest()
-        return {s: self._generate_examples(ex, report=True) for s, ex in self._reader.splits()}
+        return {s: self._generate_examples(s, ex, report=True) for s, ex in self._reader.splits()}
 
     def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs):
         """TFDS's, but a prepared `full` dataset is reused only if its inputs are unchanged
@@ -179,10 +215,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "build(..., rebuild=True), or delete that directory, or use another data_dir."
             )
 
-    def _generate_examples(self, examples, report: bool = False):
-        """One split's (key, example) pairs; then the skip list is (re)written next to the data,
-        so that it is complete once the last split ends."""
-        yield from examples
+    def _generate_examples(self, split: str, examples, report: bool = False):
+        """One split's (key, example) pairs, pre-scaled if the config says so; then the skip
+        list is (re)written next to the data, so that it is complete once the last split ends."""
+        prescaled = self.builder_config.prescaled()
+        if prescaled is None or split not in prescaled.splits:
+            yield from examples
+        else:
+            for key, example in examples:
+                yield key, example | {"image": prescaled.encoded(example["image"])}
         if report:
             self._reader.write_report(self.data_path / SKIPPED_FILES_NAME)
 
