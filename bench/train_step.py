@@ -23,17 +23,15 @@ so it runs on a bare accelerator machine.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import gzip
 import json
 import os
 import pathlib
 import platform
-import re
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from typing import Any
 
 import jax
@@ -44,6 +42,10 @@ from ml_collections import config_flags
 from marco_jax import parallel
 from marco_jax.model import inception
 from marco_jax.training import step as train_step
+
+# Run as a script, this file's folder is on sys.path.
+from step_variants import VARIANTS, Variant, apply  # noqa: E402  isort: skip
+from trace_summary import hlo_lines, top_ops  # noqa: E402  isort: skip
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Model config.")
 _BATCHES = flags.DEFINE_list("per_device_batch", ["32", "64", "128", "256"], "Batch sizes.")
@@ -59,6 +61,15 @@ _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Where the trace goes (d
 _TOP_OPS = flags.DEFINE_integer("top_ops", 25, "Ops listed from the trace.")
 _DEADLINE = flags.DEFINE_float("deadline_s", 0.0, "Start nothing that would end later (0: off).")
 _AUX_OFF = flags.DEFINE_bool("no_aux_sweep", True, "Also measure without the AuxLogits head.")
+_THREADS = flags.DEFINE_integer(
+    "compile_threads", 1, "Measurements compiled at once, in waves (all timed after the wave)."
+)
+_STEPS_PER_EPOCH = flags.DEFINE_integer(
+    "steps_per_epoch",
+    1000,
+    "For the learning-rate schedule only; set it as a training run has it to share its compile "
+    "(jax's persistent compilation cache).",
+)
 
 # Dense bf16 FLOP/s per device: (the vendor's figure, one measured here on large matmuls).
 # H100/H200 SXM: 989 TFLOP/s dense bf16 (NVIDIA's datasheet); 790 TFLOP/s measured on the lent
@@ -72,50 +83,6 @@ PEAK_FLOPS: dict[str, tuple[float, float | None]] = {
     "TPU v5 lite": (197e12, None),
     "TPU v5p": (459e12, None),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """A candidate speed-up: config changes and/or XLA options for this step's compile only."""
-
-    name: str
-    why: str
-    config: dict[str, Any] = dataclasses.field(default_factory=dict)
-    xla: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-VARIANTS = (
-    Variant(
-        "bn_one_pass",
-        "BatchNorm variance as E[x^2]-E[x]^2: one read of each activation less in the forward",
-        config={"model.batch_norm_fast_variance": True},
-    ),
-    Variant(
-        "remat_convs",
-        "keep only conv outputs; recompute BatchNorm/ReLU/pools in the backward pass",
-        config={"model.remat": "convs"},
-    ),
-    Variant(
-        "xla_no_command_buffers",
-        "XLA's CUDA-graph command buffers off (launch overhead vs graph capture)",
-        xla={"xla_gpu_enable_command_buffer": ""},
-    ),
-    Variant(
-        "xla_latency_hiding_scheduler",
-        "XLA's latency-hiding scheduler (overlaps independent kernels and copies)",
-        xla={"xla_gpu_enable_latency_hiding_scheduler": True},
-    ),
-    Variant(
-        "xla_autotune_0",
-        "no cuDNN/kernel autotuning: compile time saved vs step time lost",
-        xla={"xla_gpu_autotune_level": 0},
-    ),
-    Variant(
-        "f32_compute",
-        "float32 compute, the reference for what bf16 buys",
-        config={"model.compute_dtype": "float32"},
-    ),
-)
 
 
 def _selected_variants(names: list[str]) -> list[Variant]:
@@ -185,12 +152,8 @@ def _configure(base, plan: Plan):
     config.model.aux_logits = plan.aux and base.model.aux_logits
     config.input.global_batch_size = plan.per_device_batch * jax.device_count()
     config.seed = 0
-    for field, value in (plan.variant.config if plan.variant else {}).items():
-        node = config
-        *parents, leaf = field.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+    if plan.variant:
+        apply(config, plan.variant)
     return config
 
 
@@ -219,24 +182,51 @@ def _timed_runs(compiled, state, batch) -> tuple[Any, list[float], bool]:
     return state, times, bool(np.isfinite(float(metrics["loss"])))
 
 
-def measure(base_config, plan: Plan, mesh, seen_shapes: set) -> dict[str, Any]:
+@dataclasses.dataclass
+class Prepared:
+    """A measurement lowered and ready to compile: its config, state and batch on the device."""
+
+    plan: Plan
+    config: Any
+    state: Any
+    batch: dict[str, jax.Array]
+    lowered: Any
+    flops: float
+    compiled: Any = None
+    compile_seconds: float = 0.0
+
+
+def prepare(base_config, plan: Plan, mesh) -> Prepared:
     config = _configure(base_config, plan)
     model = inception.create_model(config)
-    _, state, step_fn = train_step.create(config, model, steps_per_epoch=1000, mesh=mesh)
+    _, state, step_fn = train_step.create(
+        config, model, steps_per_epoch=_STEPS_PER_EPOCH.value, mesh=mesh
+    )
     state = jax.device_put(state, parallel.replicated(mesh))
     batch = _random_batch(config, mesh)
     lowered = step_fn.lower(state, batch)
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    return Prepared(plan, config, state, batch, lowered, flops)
+
+
+def compile_prepared(prepared: Prepared) -> Prepared:
+    """Compiles (XLA releases the GIL, so waves compile in threads; XLA serialises the
+    autotuning runs on a GPU itself, and nothing is timed until the whole wave is compiled)."""
     start = time.perf_counter()
-    xla_options = plan.variant.xla if plan.variant else {}
-    compiled = lowered.compile(compiler_options=xla_options or None)
-    compile_seconds = time.perf_counter() - start
-    state, times, finite = _timed_runs(compiled, state, batch)
+    xla_options = prepared.plan.variant.xla if prepared.plan.variant else {}
+    prepared.compiled = prepared.lowered.compile(compiler_options=xla_options or None)
+    prepared.compile_seconds = time.perf_counter() - start
+    return prepared
+
+
+def measure(prepared: Prepared, concurrent: int) -> dict[str, Any]:
+    """Times a compiled measurement (and profiles it if planned); frees its buffers."""
+    plan, config, compiled = prepared.plan, prepared.config, prepared.compiled
+    state, times, finite = _timed_runs(compiled, prepared.state, prepared.batch)
     step_seconds = float(np.median(times))
     global_batch = config.input.global_batch_size
-    shape_key = (plan.per_device_batch, config.model.compute_dtype)
     result = {
         "benchmark": "train_step",
         "variant": plan.variant.name if plan.variant else "baseline",
@@ -245,35 +235,36 @@ def measure(base_config, plan: Plan, mesh, seen_shapes: set) -> dict[str, Any]:
         "global_batch": global_batch,
         "image_size": config.model.image_size,
         "compute_dtype": config.model.compute_dtype,
-        "compile_seconds": round(compile_seconds, 2),
-        # XLA caches autotuning by convolution shape within a process: later compiles at a
-        # batch size already seen are faster than a cold one.
-        "compile_cold": shape_key not in seen_shapes,
+        "compile_seconds": round(prepared.compile_seconds, 2),
+        # Wall time while this many compiles shared the host's cores (and XLA's autotuning);
+        # XLA also caches autotuning by convolution shape within a process, so compiles after
+        # the first at a batch size are faster than a cold one.
+        "compiled_concurrently": concurrent,
         "step_ms": round(1000 * step_seconds, 3),
         "step_ms_spread": [round(1000 * min(times), 3), round(1000 * max(times), 3)],
         "images_per_second": round(global_batch / step_seconds, 1),
-        "flops_per_image": round(flops / global_batch),
+        "flops_per_image": round(prepared.flops / global_batch),
         "loss_finite": finite,
     }
-    seen_shapes.add(shape_key)
     if plan.variant:
         result["why"] = plan.variant.why
     memory = compiled.memory_analysis()
     if memory is not None:
-        result["device_memory_gib"] = round(
-            (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**30, 2
+        result["device_memory_mib"] = round(
+            (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20
         )
     device = jax.devices()[0]
-    if device.platform != "cpu" and flops:
-        achieved = flops / step_seconds / jax.device_count()
+    if device.platform != "cpu" and prepared.flops:
+        achieved = prepared.flops / step_seconds / jax.device_count()
         result["tflops_per_second_per_device"] = round(achieved / 1e12, 1)
         if peaks := _peaks(device):
             result["mfu_vs_spec"] = round(achieved / peaks[0], 4)
             if peaks[1]:
                 result["mfu_vs_measured_matmul"] = round(achieved / peaks[1], 4)
     if plan.profile:
-        state = _profile(compiled, state, batch, result)
-    del state, batch, compiled
+        state = _profile(compiled, state, prepared.batch, result)
+    prepared.state = prepared.batch = prepared.compiled = prepared.lowered = None
+    del state
     return result
 
 
@@ -288,108 +279,54 @@ def _profile(compiled, state, batch, baseline: dict[str, Any]):
     if not traces:
         _emit({"benchmark": "train_step_profile", "error": f"no perfetto trace in {log_dir}"})
         return state
-    summary = top_ops(traces[-1], _TOP_OPS.value, hlo_lines(compiled.as_text()))
+    found = top_ops(traces[-1], _TOP_OPS.value, hlo_lines(compiled.as_text()))
     steps = _PROFILE.value
-    summary |= {
+    summary = {
         "benchmark": "train_step_profile",
         "variant": baseline["variant"],
         "per_device_batch": baseline["per_device_batch"],
         "steps_traced": steps,
-        "trace": str(traces[-1]),
-        "device_ms_per_step": round(summary.pop("device_busy_ms") / steps, 3),
         "timed_step_ms": baseline["step_ms"],
+        "device_ms_per_step": round(found.pop("device_busy_ms") / steps, 3),
+        **found,
+        "trace": str(traces[-1]),
     }
     _emit(summary)
     return state
 
 
-_HLO_LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-
-
-def hlo_lines(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> its shape, opcode and JAX source op (op_name), from optimised HLO."""
-    lines = {}
-    for line in hlo_text.splitlines():
-        if match := _HLO_LINE.match(line):
-            name, rest = match.groups()
-            op_name = _OP_NAME.search(rest)
-            head = rest.split(", metadata=")[0].split("calls=")[0]
-            lines[name] = head[:140] + (f" | {op_name.group(1)[-120:]}" if op_name else "")
-    return lines
-
-
-def _category(op: str, kernel: str) -> str:
-    text = f"{op} {kernel}".lower()
-    for category, keys in (
-        ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "xmma", "cudnn")),
-        ("memcpy/memset", ("memcpy", "memset")),
-        ("reduction", ("reduce", "reduction")),
-        ("transpose/copy", ("transpose", "copy")),
-    ):
-        if any(k in text for k in keys):
-            return category
-    return "fusion/other"
-
-
-def top_ops(trace_path: pathlib.Path, count: int, hlo: dict[str, str]) -> dict[str, Any]:
-    """Sums a perfetto JSON trace's op events by HLO op.
-
-    Op events are the complete ("X") events on the device's tracks (process names starting with
-    /device:, e.g. GPU kernels and copies), or on the host where there is no device track (CPU
-    runs: XLA's thunk executor names each op in args.hlo_op). The busy time is the union of
-    those events' intervals; its share of the traced span shows how long the device idled.
-    """
-    with gzip.open(trace_path, "rt") as f:
-        events = json.load(f)["traceEvents"]
-    names = {
-        e["pid"]: e["args"]["name"]
-        for e in events
-        if e.get("ph") == "M" and e.get("name") == "process_name"
-    }
-    device_pids = {pid for pid, name in names.items() if name.startswith("/device:")}
-    ops = [
-        e
-        for e in events
-        if e.get("ph") == "X"
-        and e.get("dur", 0) > 0
-        and (e["pid"] in device_pids if device_pids else "hlo_op" in e.get("args", {}))
-    ]
-    totals: dict[str, list] = defaultdict(lambda: [0.0, 0, ""])
-    categories: dict[str, float] = defaultdict(float)
-    for e in ops:
-        op = e.get("args", {}).get("hlo_op") or e["name"]
-        entry = totals[op]
-        entry[0] += e["dur"]
-        entry[1] += 1
-        entry[2] = entry[2] or e["name"]
-        categories[_category(op, e["name"])] += e["dur"]
-    intervals = sorted((e["ts"], e["ts"] + e["dur"]) for e in ops)
-    busy, end = 0.0, -np.inf
-    for start, stop in intervals:
-        if stop > end:
-            busy += stop - max(start, end)
-            end = stop
-    span = intervals[-1][1] - intervals[0][0] if intervals else 0.0
-    total = sum(t[0] for t in totals.values()) or 1.0
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:count]
+def _label(plan: Plan) -> dict[str, Any]:
     return {
-        "tracks": sorted(names[p] for p in device_pids) or ["host (no device track)"],
-        "device_busy_ms": busy / 1000,
-        "device_busy_share_of_span": round(busy / span, 4) if span else None,
-        "categories_share": {k: round(v / total, 4) for k, v in sorted(categories.items())},
-        "top_ops": [
-            {
-                "op": op,
-                "ms": round(t / 1000, 3),
-                "share": round(t / total, 4),
-                "calls": calls,
-                "kernel": kernel[:100],
-                "hlo": hlo.get(op, ""),
-            }
-            for op, (t, calls, kernel) in ranked
-        ],
+        "benchmark": "train_step",
+        "variant": plan.variant.name if plan.variant else "baseline",
+        "aux_logits": plan.aux,
+        "per_device_batch": plan.per_device_batch,
     }
+
+
+def _error(plan: Plan, e: Exception) -> dict[str, Any]:
+    message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return _label(plan) | {"error": f"{type(e).__name__}: {message}"}
+
+
+def _run_wave(base, wave: list[Plan], mesh) -> None:
+    """Prepares each plan, compiles the wave in threads, then times each plan alone. A failed
+    plan (out of memory, a compile option this XLA lacks) gives an error line, not an exit."""
+    prepared = []
+    for plan in wave:
+        try:
+            prepared.append(prepare(base, plan, mesh))
+        except Exception as e:  # noqa: BLE001 - one failed measurement must not end the sweep
+            _emit(_error(plan, e))
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(prepared))) as pool:
+        futures = [pool.submit(compile_prepared, p) for p in prepared]
+    for p, future in zip(prepared, futures, strict=True):
+        try:
+            future.result()
+            _emit(measure(p, len(prepared)))
+        except Exception as e:  # noqa: BLE001
+            _emit(_error(p.plan, e))
+        p.state = p.batch = p.compiled = p.lowered = None
 
 
 def main(argv: list[str]) -> None:
@@ -418,25 +355,17 @@ def main(argv: list[str]) -> None:
             ],
         }
     )
-    seen_shapes: set = set()
-    longest = 0.0
-    for plan in plans:
+    width = max(1, _THREADS.value)
+    longest_wave = 0.0
+    for first in range(0, len(plans), width):
+        wave = plans[first : first + width]
         began = time.perf_counter()
-        label = {
-            "benchmark": "train_step",
-            "variant": plan.variant.name if plan.variant else "baseline",
-            "aux_logits": plan.aux,
-            "per_device_batch": plan.per_device_batch,
-        }
-        if _DEADLINE.value and began + longest - start > _DEADLINE.value:
-            _emit(label | {"skipped": f"would pass --deadline_s={_DEADLINE.value:g}"})
+        if _DEADLINE.value and began + longest_wave - start > _DEADLINE.value:
+            for plan in wave:
+                _emit(_label(plan) | {"skipped": f"would pass --deadline_s={_DEADLINE.value:g}"})
             continue
-        try:
-            _emit(measure(base, plan, mesh, seen_shapes))
-        except Exception as e:  # noqa: BLE001 - one failed measurement must not end the sweep
-            message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            _emit(label | {"error": f"{type(e).__name__}: {message}"})
-        longest = max(longest, time.perf_counter() - began)
+        _run_wave(base, wave, mesh)
+        longest_wave = max(longest_wave, time.perf_counter() - began)
     _emit({"benchmark": "train_step_done", "seconds": round(time.perf_counter() - start, 1)})
 
 

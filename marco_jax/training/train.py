@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 from etils import epath
 
 from marco_jax import parallel
@@ -26,7 +26,7 @@ from marco_jax.data import input_pipeline
 from marco_jax.evaluation import evaluator
 from marco_jax.model import inception
 from marco_jax.runs import lock, store
-from marco_jax.training import checkpoints, config_checks, warm_start
+from marco_jax.training import checkpoints, config_checks, monitoring, warm_start
 from marco_jax.training import step as train_step
 
 # How a run ended (`train_and_evaluate(...)["status"]`); main maps them to exit codes.
@@ -95,7 +95,7 @@ def _evaluate(
     state: train_step.TrainState,
     step: int,
     workdir: str,
-    writer: metric_writers.MetricWriter,
+    writer: monitoring.ScalarWriter,
 ) -> dict[str, Any]:
     """Evaluates the EMA (or raw, `config.eval_with_ema`) weights; writes eval/step_<N>.json,
     eval/latest.json (process 0) and the accuracies as scalars."""
@@ -237,15 +237,11 @@ def _train_and_evaluate(
     if is_chief:  # accepted: the config is compatible and the checkpoint readable
         _record_config(config, workdir, changes, step)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    writer = monitoring.create_writer(workdir, just_logging=not is_chief)
     if step == 0:
         writer.write_hparams(config.to_dict() | {"model": config.model.name})
         parameter_overview.log_parameter_overview(state.params)
-    hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
-    if is_chief and config.profile_steps > 0:
-        hooks.append(
-            periodic_actions.Profile(num_profile_steps=config.profile_steps, logdir=workdir)
-        )
+    hooks = monitoring.progress_hooks(config, num_steps, writer, workdir, is_chief)
 
     eval_split = evaluator.Evaluator(config, graphdef, eval_source, mesh)
     preemption = parallel.PreemptionWatcher()
@@ -255,6 +251,7 @@ def _train_and_evaluate(
     last_log = (step, time.perf_counter())
     pending: tuple[int, dict[str, jax.Array]] | None = None
     train_iter = None
+    input_wait = monitoring.InputWait()
     try:
         if step < num_steps and status != EARLY_STOPPED:
             # The data position is the step: one batch per step (see checkpoints).
@@ -269,7 +266,7 @@ def _train_and_evaluate(
                 )
             )
         while train_iter is not None and step < num_steps:
-            batch = parallel.to_global(next(train_iter), batch_sharding)
+            batch = parallel.to_global(input_wait.next(train_iter), batch_sharding)
             state, metrics = p_train_step(state, batch)
             step += 1
             # Checked one step late so that the host never waits for the device in between.
@@ -291,6 +288,7 @@ def _train_and_evaluate(
                     (step - last_log[0]) * config.input.global_batch_size / elapsed
                 )
                 summary["step_time_ms"] = 1000 * elapsed / (step - last_log[0])
+                summary |= input_wait.take(step - last_log[0])
                 writer.write_scalars(step, summary)
                 history, last_log = [], (step, time.perf_counter())
             if is_eval:
