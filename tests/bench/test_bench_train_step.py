@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import subprocess
 import sys
 
 import jax
@@ -89,3 +90,20 @@ def test_each_variant_is_a_valid_config_and_xla_options_jax_accepts(variant):
     config_checks.validate(config)
     lowered = jax.jit(lambda x: x * 2).lower(jnp.ones(3))
     lowered.compile(compiler_options=variant.xla or None)  # an unknown option raises
+
+
+def test_the_bench_imports_nothing_a_bare_accelerator_machine_lacks():
+    """bench/train_step.py must run with only jax, flax, optax and ml_collections installed."""
+    lacking = ["grain", "tensorflow_datasets", "clu", "tensorflow", "array_record", "simplejpeg"]
+    lacking += ["orbax", "PIL", "tifffile"]
+    code = f"""
+import importlib.abc, sys
+class Lacking(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {lacking!r}:
+            raise ImportError(f"{{name}} is not installed here")
+sys.meta_path.insert(0, Lacking())
+sys.path.insert(0, "bench")
+import train_step
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
