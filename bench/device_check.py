@@ -72,6 +72,8 @@ def data() -> None:
 
     config = _CONFIG.value
     config.dataset.data_dir = _DATA_DIR.value
+    prepared = pathlib.Path(_DATA_DIR.value).glob("marco/*/*/dataset_info.json")
+    before = {p.parent for p in prepared}
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its build; stdout is JSON
         train = input_pipeline.open_tfds_source(config, config.dataset.train_split)
@@ -83,6 +85,12 @@ def data() -> None:
             "train_images": len(train),
             "test_images": len(test),
             "prescale": config.dataset.get("prescale", ""),
+            # Built here (not carried): the carried one was made by other builder code.
+            "built": sorted(
+                str(p.parent.relative_to(_DATA_DIR.value))
+                for p in pathlib.Path(_DATA_DIR.value).glob("marco/*/*/dataset_info.json")
+                if p.parent not in before
+            ),
             "seconds": round(time.perf_counter() - start, 1),
         }
     )

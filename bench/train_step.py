@@ -1,7 +1,7 @@
 """Throughput of the jitted MARCO train step (forward, backward, RMSProp, EMA, augmentation).
 
   python bench/train_step.py [--config configs/default.py] [--per_device_batch 32,64,128,256] \
-      [--variants all] [--profile_steps 3] [--deadline_s 300] [--config.model.image_size=599]
+      [--variants all] [--profile_steps 3] [--deadline_s 300] [--compile_threads 4]
 
 Measures the release network (configs/default.py: 599 px, AuxLogits head) with bf16 compute and
 float32 parameters (`--compute_dtype`), on random uint8 batches that stay on the device, so that
@@ -9,16 +9,19 @@ only the step is timed. In priority order, each measurement one JSON line:
   1. the baseline at --baseline_batch per device (and, with --profile_steps, a jax.profiler trace
      of that many steps: the ops that took the most device time, one JSON line);
   2. the other --per_device_batch sizes with the aux head, then the baseline batch without it;
-  3. each of --variants at the baseline batch: candidate speed-ups, each against the baseline;
+  3. each of --variants (bench/step_variants.py) at the baseline batch, against the baseline;
   4. the other batch sizes without the aux head.
---deadline_s skips (with a "skipped" line) what would not end in time: compiles at 599 px take
-most of a device run. Each line has the compile time, the step time (median over --repeats runs
-of --steps back-to-back steps, with their spread), images/s, the step's FLOPs (XLA's count
-before optimisation: convolutions as 2 FLOPs per multiply-add, the whole step) and, on a GPU or
-TPU, the achieved TFLOP/s and the MFU against each peak known for the device kind.
+Compiles at 599 px take most of a device run: after the baseline, --compile_threads plans
+compile at once (a wave), and each is timed alone once its wave is compiled. --deadline_s skips
+(a "skipped" line) a wave that would end later than the longest wave so far allows. Each line
+has the compile time, the step time (median over --repeats runs of --steps back-to-back steps,
+with their spread), images/s, the step's FLOPs (XLA's count before optimisation: 2 per
+multiply-add, the whole step) and, on a GPU or TPU, the achieved TFLOP/s and the MFU against
+each peak known for the device kind (PEAK_FLOPS).
 
-Imports only jax, flax, optax, ml_collections, numpy and absl (plus marco_jax's model and step),
-so it runs on a bare accelerator machine.
+Imports only jax, flax, optax, ml_collections, numpy and absl (plus marco_jax's model and step,
+and its standard-library neighbours step_variants.py and trace_summary.py), so it runs on a
+bare accelerator machine (tests/bench checks it).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class _EventFileWriter:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
             epath.Path(logdir).mkdir(parents=True, exist_ok=True)
-            self._events = EventFileWriter(str(logdir))
+            self._events = EventFileWriter(str(logdir), flush_secs=10)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         values = [
