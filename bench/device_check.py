@@ -103,6 +103,8 @@ def _scalars(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
     from tensorboard.util import tensor_util
 
     found: dict[int, dict[str, float]] = {}
+    if not workdir.is_dir():  # no training run (DEVICE_CHECK_SKIP_E2E=1, or it failed early)
+        return found
     for path in sorted(workdir.rglob("events.out.tfevents.*")):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:

@@ -15,7 +15,9 @@
 # data (the carried .devdata/tfds, else built there); e2e (python -m marco_jax.main); summary.
 # The run keeps to DEVICE_CHECK_BUDGET_S (400 s on the device; 470 s at worst) after the
 # machine's start: bench/train_step.py gets what the end-to-end run's reserve (E2E_RESERVE_S,
-# 150 s) leaves.
+# 150 s) leaves. For a second pass: DEVICE_CHECK_BENCH_ARGS is appended to bench/train_step.py's
+# flags (e.g. "--per_device_batch=128 --variants=bn_one_pass --nono_aux_sweep"), and
+# DEVICE_CHECK_SKIP_E2E=1 skips the data and end-to-end stages (the bench gets their time).
 set -uo pipefail
 
 emit() { echo "$1" | tee -a "$LINES"; }
@@ -110,6 +112,8 @@ main() {
   : >"$LINES"
   PY="${PYTHON:-python3}"
   E2E_RESERVE="${E2E_RESERVE_S:-150}"
+  local skip_e2e="${DEVICE_CHECK_SKIP_E2E:-0}"
+  [[ $skip_e2e == 1 ]] && E2E_RESERVE=0
   WORK="$(mktemp -d "${TMPDIR:-/tmp}/marco_device_check.XXXXXX")"
   trap 'rm -rf "$WORK"' EXIT
   SECONDS=0
@@ -118,6 +122,8 @@ main() {
   # config), and compile times stay cold however often the script runs on a warm machine.
   export JAX_COMPILATION_CACHE_DIR="$WORK/jax_cache"
   settings
+  # shellcheck disable=SC2206  # word splitting wanted: extra flags for bench/train_step.py
+  BENCH+=(${DEVICE_CHECK_BENCH_ARGS:-})
 
   local gpu
   gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
@@ -135,17 +141,20 @@ main() {
   stage train_step timeout $((deadline + 60)) "$PY" bench/train_step.py --config "$CONFIG" \
     "${MODEL[@]}" "${BENCH[@]}" --deadline_s="$deadline" --profile_dir="$WORK/trace"
 
-  stage data "$PY" bench/device_check.py data --config "$CONFIG" "${MODEL[@]}" "${DATA[@]}" \
-    --data_dir="$DATA_DIR"
-
-  local left=$((BUDGET - SECONDS)) t0=$SECONDS rc
-  ((left < E2E_RESERVE)) && left=$E2E_RESERVE
-  timeout "$left" "$PY" -m marco_jax.main --config "$CONFIG" --workdir "$WORK/run" \
-    --config.dataset.data_dir="$DATA_DIR" "${MODEL[@]}" "${DATA[@]}" "${E2E[@]}" \
-    >"$OUT/e2e.log" 2>&1
-  rc=$?
-  emit "{\"stage\": \"e2e\", \"exit_code\": $rc, \"seconds\": $((SECONDS - t0)), \
+  if [[ $skip_e2e == 1 ]]; then
+    emit '{"stage": "e2e", "skipped": "DEVICE_CHECK_SKIP_E2E=1"}'
+  else
+    stage data "$PY" bench/device_check.py data --config "$CONFIG" "${MODEL[@]}" "${DATA[@]}" \
+      --data_dir="$DATA_DIR"
+    local left=$((BUDGET - SECONDS)) t0=$SECONDS rc
+    ((left < E2E_RESERVE)) && left=$E2E_RESERVE
+    timeout "$left" "$PY" -m marco_jax.main --config "$CONFIG" --workdir "$WORK/run" \
+      --config.dataset.data_dir="$DATA_DIR" "${MODEL[@]}" "${DATA[@]}" "${E2E[@]}" \
+      >"$OUT/e2e.log" 2>&1
+    rc=$?
+    emit "{\"stage\": \"e2e\", \"exit_code\": $rc, \"seconds\": $((SECONDS - t0)), \
 \"log\": \"$OUT/e2e.log\"}"
+  fi
 
   stage summary "$PY" bench/device_check.py summarize --config "$CONFIG" "${MODEL[@]}" \
     "${E2E[@]}" --workdir="$WORK/run" --bench_lines="$LINES" --steady_from=$STEADY
