@@ -293,5 +293,5 @@ def open_tfds_source(config: ml_collections.ConfigDict, split: str) -> Sequence[
     # Read through a read-only builder of the prepared files: its source pickles into the grain
     # worker processes, where one holding the registered config object fails to unpickle.
     reader = tfds.builder_from_directory(prepared)
-    prescale.check(reader.info.metadata or {}, split, preprocessing, f"The dataset in {prepared}")
+    prescale.check(reader.info.metadata, split, preprocessing, f"The dataset in {prepared}")
     return reader.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})

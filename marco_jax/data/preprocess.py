@@ -176,14 +176,21 @@ def random_flips_and_rotation(
     """Flips (and optionally rotates by a multiple of 90 degrees) a square patch.
 
     Drops have no preferred orientation, hence flips on both axes (paper section 3).
+
+    The pixels are moved as whole items (a void dtype of the pixel's bytes): copying a mirrored
+    patch then costs half as much as moving its bytes one by one (measured at 599 px, where
+    that copy was a third of a pre-scaled image's host time).
     """
+    channels = image.shape[2]
+    pixels = image.view(np.dtype((np.void, channels * image.itemsize)))[..., 0]
     if rng.random() < flip_left_right_prob:
-        image = image[:, ::-1]
+        pixels = pixels[:, ::-1]
     if rng.random() < flip_up_down_prob:
-        image = image[::-1]
+        pixels = pixels[::-1]
     if random_rot90:
-        image = np.rot90(image, k=int(rng.integers(4)))
-    return np.ascontiguousarray(image)
+        pixels = np.rot90(pixels, k=int(rng.integers(4)))
+    pixels = np.ascontiguousarray(pixels)
+    return pixels.view(image.dtype).reshape(*pixels.shape, channels)
 
 
 def train_transform(

@@ -126,9 +126,11 @@ class Prescaled:
         }
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> Prescaled | None:
-        """From a dataset's metadata (a TFDS MetadataDict or dict); None: stored as given."""
-        record = dict(metadata.items()).get(METADATA_KEY)  # items(): TFDS's lazy dict loads
+    def from_metadata(cls, metadata: Mapping[str, Any] | None) -> Prescaled | None:
+        """From a dataset's metadata (a TFDS MetadataDict, a dict, or None for none); None:
+        stored as given. Read through items(): TFDS's lazy dict loads on items(), but its
+        len(), bool() and get() see it empty until then."""
+        record = dict(metadata.items()).get(METADATA_KEY) if metadata is not None else None
         if not record:
             return None
         return cls(
@@ -140,7 +142,7 @@ class Prescaled:
 
 
 def check(
-    metadata: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None,
     split: str,
     preprocessing: preprocess.Preprocessing,
     where: str,
