@@ -247,10 +247,10 @@ class ConvBN(nnx.Module):
             param_dtype=jnp.float32,
             rngs=rngs,
         )
-        # Two-pass variance: E[x^2] - E[x]^2 loses the variance of small, offset activations.
-        self.bn = nnx.BatchNorm(
-            depth, use_scale=False, use_fast_variance=False, dtype=dtype, rngs=rngs, **bn
-        )
+        # Two-pass variance unless asked: E[x^2] - E[x]^2 loses the variance of small, offset
+        # activations (config.model.batch_norm_fast_variance, a speed candidate).
+        bn = {"use_fast_variance": False, **bn}
+        self.bn = nnx.BatchNorm(depth, use_scale=False, dtype=dtype, rngs=rngs, **bn)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
@@ -517,6 +517,8 @@ def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs | int = 0) ->
         batch_norm={
             "momentum": model_config.batch_norm_momentum,
             "epsilon": model_config.batch_norm_epsilon,
+            # Absent from configs stored before the field existed.
+            "use_fast_variance": model_config.get("batch_norm_fast_variance", False),
         },
         dtype=jnp.dtype(model_config.compute_dtype),
         rngs=rngs if isinstance(rngs, nnx.Rngs) else nnx.Rngs(rngs),

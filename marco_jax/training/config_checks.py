@@ -24,6 +24,7 @@ import ml_collections
 from marco_jax import labels
 from marco_jax.data import parallelism, preprocess, prescale
 from marco_jax.model import inception
+from marco_jax.training import step
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # The modules that use these fields own their lists.
@@ -31,6 +32,7 @@ MODEL_NAMES = inception.MODEL_NAMES
 RESIZE_METHODS = preprocess.RESIZE_METHODS
 JPEG_DCT_METHODS = preprocess.JPEG_DCT_METHODS
 LR_SCALINGS = ("linear", "none")
+REMAT_POLICIES = tuple(step.REMAT_POLICIES)
 DATASET_CONFIG_NAMES = ("full", "synthetic", "synthetic_tiny")  # tfds_marco BUILDER_CONFIGS
 
 # Fields a resumed run may change. Everything else alters the network (model.*), the batches it
@@ -176,6 +178,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model.batch_norm_momentum": _FRACTION_BELOW_ONE,
     "model.batch_norm_epsilon": _POSITIVE,
     "model.compute_dtype": _choice(COMPUTE_DTYPES),
+    "model.batch_norm_fast_variance": _bool,
+    "model.remat": _choice(REMAT_POLICIES),
     "dataset.name": _choice(("marco",)),
     "dataset.data_dir": _optional_string,
     "dataset.manual_dir": _optional_string,

@@ -25,6 +25,11 @@ from marco_jax.training import optim
 
 StepFn = Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
 
+# config.model.remat: what the forward pass keeps for the backward pass. "convs" keeps only the
+# convolution outputs (jax's dots_saveable policy counts convolutions as dots) and recomputes the
+# BatchNorm, ReLU, pool and concat work in the backward pass.
+REMAT_POLICIES = {"none": None, "convs": jax.checkpoint_policies.dots_saveable}
+
 
 @struct.dataclass
 class TrainState:
@@ -78,16 +83,23 @@ def train_step(
     labels = batch["label"]
     opt = config.optimizer
 
-    def loss_fn(params):
+    def forward(params):
         model = nnx.merge(graphdef, params, state.batch_stats)
         outputs = model(images, train=True, dropout_key=dropout_key)
+        return outputs, nnx.state(model, nnx.BatchStat).to_pure_dict()
+
+    if (policy := REMAT_POLICIES[config.model.get("remat", "none")]) is not None:
+        forward = jax.checkpoint(forward, policy=policy)
+
+    def loss_fn(params):
+        outputs, batch_stats = forward(params)
         logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
         loss = _cross_entropy(logits, labels, opt.label_smoothing)
         if aux_logits is not None:
             loss += config.model.aux_loss_weight * _cross_entropy(
                 aux_logits, labels, opt.label_smoothing
             )
-        return loss, (logits, nnx.state(model, nnx.BatchStat).to_pure_dict())
+        return loss, (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 from etils import epath
 from PIL import Image
 
@@ -35,7 +35,7 @@ from marco_jax.evaluation import evaluator, report_plots
 from marco_jax.labels import CLASS_NAMES
 from marco_jax.model import inception, predict
 from marco_jax.runs import lock, store
-from marco_jax.training import checkpoints, config_checks, warm_start
+from marco_jax.training import checkpoints, config_checks, monitoring, warm_start
 from marco_jax.training import step as train_step
 
 # How a run ended (`train_and_evaluate(...)["status"]`); main maps them to exit codes.
@@ -119,7 +119,7 @@ def _evaluate(
     state: train_step.TrainState,
     step: int,
     workdir: str,
-    writer: metric_writers.MetricWriter,
+    writer: monitoring.MetricWriter,
     bar: tqdm.tqdm,
 ) -> dict[str, Any]:
     """Evaluates the EMA (or raw, `config.eval_with_ema`) weights, its progress on the training
@@ -281,7 +281,7 @@ def _train_and_evaluate(
     if is_chief:  # accepted: the config is compatible and the checkpoint readable
         _record_config(config, workdir, changes, step)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    writer = monitoring.create_writer(workdir, just_logging=not is_chief)
     if step == 0:
         writer.write_hparams(config.to_dict() | {"model": config.model.name})
         parameter_overview.log_parameter_overview(state.params)  # the log file's table
@@ -299,11 +299,7 @@ def _train_and_evaluate(
             jax.devices()[0].platform,
             "s" if devices > 1 else "",
         )
-    hooks = []
-    if is_chief and config.profile_steps > 0:
-        hooks.append(
-            periodic_actions.Profile(num_profile_steps=config.profile_steps, logdir=workdir)
-        )
+    hooks = monitoring.profiler_hooks(config, workdir, is_chief)
 
     eval_split = evaluator.Evaluator(config, graphdef, eval_source, mesh)
     preemption = parallel.PreemptionWatcher()
@@ -315,6 +311,7 @@ def _train_and_evaluate(
     train_iter = None
     bar = logs.progress(num_steps, "train", "step", initial=step, enabled=is_chief)
     postfix = ""  # the last logged loss
+    input_wait = monitoring.InputWait()
     try:
         if step < num_steps and status != EARLY_STOPPED:
             # The data position is the step: one batch per step (see checkpoints).
@@ -329,7 +326,7 @@ def _train_and_evaluate(
                 )
             )
         while train_iter is not None and step < num_steps:
-            batch = parallel.to_global(next(train_iter), batch_sharding)
+            batch = parallel.to_global(input_wait.next(train_iter), batch_sharding)
             state, metrics = p_train_step(state, batch)
             step += 1
             bar.update()
@@ -352,6 +349,10 @@ def _train_and_evaluate(
                     (step - last_log[0]) * config.input.global_batch_size / elapsed
                 )
                 summary["train/step_time_ms"] = 1000 * elapsed / (step - last_log[0])
+                summary |= {
+                    f"train/{name}": value
+                    for name, value in input_wait.take(step - last_log[0]).items()
+                }
                 writer.write_scalars(step, summary)
                 logging.info(_train_line(step, num_steps, summary))
                 postfix = f"loss {summary['train/loss']:.4f}"
