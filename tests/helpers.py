@@ -1,11 +1,16 @@
-"""What the tests share besides fixtures: the checkout's paths and configs loaded the way
-`--config` loads them."""
+"""What the tests share besides fixtures: the checkout's paths, configs loaded the way
+`--config` loads them, and child processes that never outlive their test."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import pathlib
+import signal
+import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 from absl import flags
@@ -57,3 +62,26 @@ def invoke_command(
         code = e.code
     captured = capsys.readouterr()
     return code, captured.err.strip().splitlines(), captured.out.strip().splitlines()
+
+
+@contextlib.contextmanager
+def started(command: Sequence[str], **popen_kwargs) -> Iterator[subprocess.Popen]:
+    """`subprocess.Popen(command)` in a session of its own, killed with all its children when
+    the block ends, a failed assertion included: a test that gives up on a 100,000-step trainer
+    must not leave it training beside the rest of the suite."""
+    process = subprocess.Popen(command, start_new_session=True, **popen_kwargs)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """The environment of a command a test starts: CPU only, `devices` simulated devices, and the
+    session's compilation cache (conftest.pytest_configure), inherited from os.environ."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env | extra

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from absl import flags
-from helpers import REPO
+from helpers import REPO, started
 from PIL import Image
 
 from marco_jax import classify, cli
@@ -245,16 +245,14 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_where(tmp_path):
                     {str(tmp_path)!r}]
         classify.run()
     """)
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    partial = Path(f"{out}.partial")
-    deadline = time.time() + 120
-    while time.time() < deadline and (not partial.exists() or len(_rows(partial)) < 4):
-        time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=60)
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    with started([sys.executable, "-c", script], cwd=REPO, **output) as child:
+        partial = Path(f"{out}.partial")
+        deadline = time.time() + 120
+        while time.time() < deadline and (not partial.exists() or len(_rows(partial)) < 4):
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == classify.EXIT_INTERRUPTED == 130, stderr[-2000:]
     kept = len(_rows(partial))
     assert 4 <= kept < 40 and not out.exists()

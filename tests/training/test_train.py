@@ -5,6 +5,7 @@ checks)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import REPO, ci_config, main_command
+from helpers import REPO, ci_config, main_command, started, subprocess_env
 
 from marco_jax import parallel
 from marco_jax.runs import store
@@ -32,16 +33,6 @@ def _final_state(workdir: pathlib.Path) -> tuple[int, dict]:
     state = store.restore_on_this_host(manager, step)
     manager.close()
     return step, state
-
-
-def _env(tmp_path_factory, devices: int = 1) -> dict[str, str]:
-    """Subprocess environment: CPU only, N simulated devices, a shared compilation cache."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    return env
 
 
 def _assert_trees_equal(a, b) -> None:
@@ -73,20 +64,20 @@ def test_rerun_of_a_finished_workdir_does_not_train_again(trained_workdir, tfds_
     assert store.create_manager(str(workdir), read_only=True).all_steps() == [3, 6]
 
 
-def test_killed_run_resumes_bit_identical(tfds_data_dir, tmp_path, tmp_path_factory):
-    env = _env(tmp_path_factory)
+def test_killed_run_resumes_bit_identical(tfds_data_dir, tmp_path):
+    env = subprocess_env()
     overrides = ("--config.num_train_steps=10", "--config.checkpoint_every_steps=2")
     reference = tmp_path / "reference"
     subprocess.run(main_command(reference, tfds_data_dir, *overrides), env=env, check=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(main_command(killed, tfds_data_dir, *overrides), env=env)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "4").exists() and process.poll() is None:
-        assert time.time() < deadline, "no checkpoint at step 4 within 5 minutes"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    with started(main_command(killed, tfds_data_dir, *overrides), env=env) as process:
+        deadline = time.time() + 300
+        while not (killed / "checkpoints" / "4").exists() and process.poll() is None:
+            assert time.time() < deadline, "no checkpoint at step 4 within 5 minutes"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     killed_at, _ = _final_state(killed)
     assert 4 <= killed_at < 10, "the run was not killed mid-way"
 
@@ -96,18 +87,17 @@ def test_killed_run_resumes_bit_identical(tfds_data_dir, tmp_path, tmp_path_fact
     _assert_trees_equal(state_a, state_b)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits(tfds_data_dir, tmp_path, tmp_path_factory):
+def test_sigterm_saves_a_checkpoint_and_exits(tfds_data_dir, tmp_path):
     workdir = tmp_path / "preempted"
     overrides = ("--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000")
-    process = subprocess.Popen(
-        main_command(workdir, tfds_data_dir, *overrides), env=_env(tmp_path_factory)
-    )
-    deadline = time.time() + 300
-    while not list(workdir.glob("events.out.tfevents.*")) or not (workdir / "eval").exists():
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=300) == 75  # main.EXIT_PREEMPTED; a finished run exits 0
+    command = main_command(workdir, tfds_data_dir, *overrides)
+    with started(command, env=subprocess_env()) as process:
+        deadline = time.time() + 300
+        while not list(workdir.glob("events.out.tfevents.*")) or not (workdir / "eval").exists():
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=300) == 75  # main.EXIT_PREEMPTED; a finished run exits 0
     step, state = _final_state(workdir)
     assert 3 <= step < 100000 and int(state["step"]) == step
 
@@ -131,9 +121,7 @@ def _assert_same_training(reference: dict, other: dict) -> None:
     np.testing.assert_allclose(*norm, rtol=3e-2)
 
 
-def test_eight_devices_and_two_processes_match_one_device(
-    tfds_data_dir, tmp_path, tmp_path_factory
-):
+def test_eight_devices_and_two_processes_match_one_device(tfds_data_dir, tmp_path):
     """Same global batches, same training: data parallelism must not change the result.
 
     The learning rate is 0: the stem's weight gradients sum ~45,000 float32 terms with heavy
@@ -150,22 +138,25 @@ def test_eight_devices_and_two_processes_match_one_device(
     )
     single, eight, multi = tmp_path / "single", tmp_path / "eight", tmp_path / "multi"
     subprocess.run(
-        main_command(single, tfds_data_dir, *overrides), env=_env(tmp_path_factory), check=True
+        main_command(single, tfds_data_dir, *overrides), env=subprocess_env(), check=True
     )
     subprocess.run(
-        main_command(eight, tfds_data_dir, *overrides), env=_env(tmp_path_factory, 8), check=True
+        main_command(eight, tfds_data_dir, *overrides), env=subprocess_env(8), check=True
     )
-    env = _env(tmp_path_factory) | {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    env = subprocess_env() | {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
     address = f"127.0.0.1:{_free_port()}"
-    processes = [
-        subprocess.Popen(
-            main_command(multi, tfds_data_dir, *overrides)
-            + [f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-            env=env,
-        )
-        for i in range(2)
-    ]
-    assert [p.wait(timeout=600) for p in processes] == [0, 0]
+    cluster = [f"--coordinator_address={address}", "--num_processes=2"]
+    with contextlib.ExitStack() as stack:
+        processes = [
+            stack.enter_context(
+                started(
+                    main_command(multi, tfds_data_dir, *overrides, *cluster, f"--process_id={i}"),
+                    env=env,
+                )
+            )
+            for i in range(2)
+        ]
+        assert [p.wait(timeout=600) for p in processes] == [0, 0]
     (s1, state1), (s8, state8), (s2, state2) = map(_final_state, (single, eight, multi))
     assert s1 == s8 == s2 == 3
     initial = jax.tree.leaves(state1["ema_batch_stats"])
@@ -174,7 +165,7 @@ def test_eight_devices_and_two_processes_match_one_device(
     _assert_same_training(state1, state2)
 
 
-def test_one_real_step_on_eight_devices_matches_one_device(tfds_data_dir, tmp_path_factory):
+def test_one_real_step_on_eight_devices_matches_one_device(tfds_data_dir):
     """A real update (the ci config's learning rate) on a real augmented batch, 8 devices vs 1.
 
     Loss (5e-7 relative) and gradient norm (8e-4) agree to float32 rounding, measured. The update
@@ -184,7 +175,7 @@ def test_one_real_step_on_eight_devices_matches_one_device(tfds_data_dir, tmp_pa
     """
     result = subprocess.run(
         [sys.executable, str(REPO / "tests" / "data_parallel_step.py"), str(tfds_data_dir)],
-        env=_env(tmp_path_factory, 8),
+        env=subprocess_env(8),
         capture_output=True,
         text=True,
         check=True,
@@ -199,10 +190,10 @@ def test_one_real_step_on_eight_devices_matches_one_device(tfds_data_dir, tmp_pa
     assert measured["update_difference"] < 5e-2
 
 
-def test_batch_not_divisible_by_devices_fails_at_start(tfds_data_dir, tmp_path, tmp_path_factory):
+def test_batch_not_divisible_by_devices_fails_at_start(tfds_data_dir, tmp_path):
     result = subprocess.run(
         main_command(tmp_path, tfds_data_dir, "--config.input.global_batch_size=12"),
-        env=_env(tmp_path_factory, 8),
+        env=subprocess_env(8),
         capture_output=True,
         text=True,
     )

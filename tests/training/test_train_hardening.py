@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import ci_config, load_config, main_command
+from helpers import ci_config, load_config, main_command, started, subprocess_env
 
 from marco_jax import parallel
 from marco_jax.model import inception
@@ -170,12 +170,12 @@ def test_stray_empty_step_directory_is_set_aside(workdir, tfds_data_dir):
     assert not (workdir / "checkpoints" / "40").exists()
 
 
-def test_no_readable_checkpoint_is_one_clear_error_exit_4(workdir, tfds_data_dir, tmp_path_factory):
+def test_no_readable_checkpoint_is_one_clear_error_exit_4(workdir, tfds_data_dir):
     _damage(workdir / "checkpoints" / "6", "truncated")
     _damage(workdir / "checkpoints" / "3", "deleted")
     result = subprocess.run(
         main_command(workdir, tfds_data_dir),
-        env=_env(tmp_path_factory),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )
@@ -375,14 +375,6 @@ def test_a_label_mapping_allows_another_class_count():
     assert config_checks.problems(config) == []
 
 
-def _env(tmp_path_factory, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    return env | extra
-
-
 def test_main_prints_one_line_and_exits_2_for_bad_values(tmp_path, tfds_data_dir):
     for override in ("--config.num_train_steps=-5", "--config.model.compute_dtype=bfloat"):
         result = subprocess.run(
@@ -440,6 +432,13 @@ def test_early_stopped_run_stays_stopped(workdir, tfds_data_dir):
 # ---------------------------------------------------------------------------- 5. orphans
 
 
+def _steps(workdir: pathlib.Path) -> list[int]:
+    directory = workdir / "checkpoints"
+    if not directory.exists():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in pathlib.Path("/proc").iterdir():
@@ -461,57 +460,44 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigkill_leaves_no_grain_worker_alive(tmp_path, tfds_data_dir, tmp_path_factory):
+def test_sigkill_leaves_no_grain_worker_alive(tmp_path, tfds_data_dir):
     """Killed while its 2 workers serve batches (after the first checkpoint, no eval workers
     starting up), the trainer's children all end within a few seconds."""
     workdir = tmp_path / "w"
-    process = subprocess.Popen(
-        main_command(
-            workdir,
-            tfds_data_dir,
-            "--config.num_train_steps=100000",
-            "--config.eval_every_steps=100000",
-            "--config.checkpoint_every_steps=2",
-            "--config.input.num_workers=2",
-        ),
-        env=_env(tmp_path_factory),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    command = main_command(
+        workdir,
+        tfds_data_dir,
+        "--config.num_train_steps=100000",
+        "--config.eval_every_steps=100000",
+        "--config.checkpoint_every_steps=2",
+        "--config.input.num_workers=2",
     )
-    deadline = time.time() + 400
-    while not (workdir / "checkpoints" / "2").exists():
-        assert time.time() < deadline and process.poll() is None, "no checkpoint at step 2"
-        time.sleep(0.2)
-    workers = [p for p in _children(process.pid) if _alive(p)]
-    assert len(workers) >= 2
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    deadline = time.time() + 10
-    while any(_alive(p) for p in workers) and time.time() < deadline:
-        time.sleep(0.2)
-    alive = [p for p in workers if _alive(p)]
-    for pid in alive:
-        os.kill(pid, signal.SIGKILL)
+    output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    with started(command, env=subprocess_env(), **output) as process:
+        deadline = time.time() + 400
+        # Any saved step: on a loaded machine step 2 can be saved and rotated out between polls.
+        while not _steps(workdir):
+            assert time.time() < deadline and process.poll() is None, "no checkpoint saved"
+            time.sleep(0.2)
+        workers = [p for p in _children(process.pid) if _alive(p)]
+        assert len(workers) >= 2
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.time() + 10
+        while any(_alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        alive = [p for p in workers if _alive(p)]
     assert not alive, f"{len(alive)} of {len(workers)} children outlived the trainer"
 
 
 # ---------------------------------------------------------------------------- soak
 
 
-def _steps(workdir: pathlib.Path) -> list[int]:
-    directory = workdir / "checkpoints"
-    if not directory.exists():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
 @pytest.mark.soak  # 5 training processes and 3 kills: 5-15 minutes; run with `pytest -m soak`
-def test_soak_random_sigkills_and_worker_changes_end_bit_identical(
-    tmp_path, tfds_data_dir, tmp_path_factory
-):
+def test_soak_random_sigkills_and_worker_changes_end_bit_identical(tmp_path, tfds_data_dir):
     """Three SIGKILLs at random moments (compile, steps, saves, evals), restarts alternating
     between 0 and 2 grain workers; the end state equals an uninterrupted run's, bit for bit."""
-    env = _env(tmp_path_factory)
+    env = subprocess_env()
     overrides = ("--config.num_train_steps=12", "--config.checkpoint_every_steps=2")
     reference = tmp_path / "reference"
     subprocess.run(
@@ -528,19 +514,18 @@ def test_soak_random_sigkills_and_worker_changes_end_bit_identical(
             assert result.returncode == 0, result.stderr[-2000:]
             break
         before = _steps(soaked)
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.time() + 400
-        while process.poll() is None and time.time() < deadline:
-            if _steps(soaked) != before:  # progress: kill at a random moment after it
-                time.sleep(rng.uniform(0, 2.5))
-                break
-            time.sleep(0.05)
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
+        output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        with started(command, env=env, **output) as process:
+            deadline = time.time() + 400
+            while process.poll() is None and time.time() < deadline:
+                if _steps(soaked) != before:  # progress: kill at a random moment after it
+                    time.sleep(rng.uniform(0, 2.5))
+                    break
+                time.sleep(0.05)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+            process.wait()
     assert kills == 3
     assert not list((soaked / "checkpoints").glob("*tmp*"))
     assert not (soaked / "checkpoints_rejected").exists()
