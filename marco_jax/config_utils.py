@@ -24,7 +24,7 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 def config_names() -> list[str]:
-    """The shipped configs: default, finetune, synthetic, table3, ci."""
+    """The names of the configs shipped in marco_jax/configs, for `--config NAME`."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 

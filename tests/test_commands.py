@@ -66,7 +66,7 @@ def test_console_script_help_lists_its_flags_and_exits_0():
         ),
         (
             ["--config=nope", "--workdir=W"],
-            "'nope' is neither a config file nor one of ci, default, finetune, synthetic, table3",
+            "'nope' is neither a config file nor one of " + ", ".join(config_utils.config_names()),
         ),
         (
             ["--config=ci", "--workdir=W", "--config.input.global_batch_size=-8"],
