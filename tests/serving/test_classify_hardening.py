@@ -229,8 +229,13 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_where(tmp_path):
     for i in range(40):
         _jpeg(tmp_path / f"{i:02d}.jpg", seed=i)
     out = tmp_path / "s.csv"
+    # A terminal's Ctrl-C: SIGINT unblocked and handled as Python does by default. The pytest
+    # worker that starts the child may hand it SIGINT blocked or ignored (one full-suite run
+    # scored all 40 images through the signal), which would test the worker, not classify.
     script = textwrap.dedent(f"""
-        import sys, time
+        import signal, sys, time
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path[:0] = [{str(REPO / "tests")!r}, {str(REPO / "tests" / "serving")!r}]
         from marco_jax import classify
         from marco_jax.data import preprocess
