@@ -1,15 +1,15 @@
 """The embedded default: a reduced MARCO model on generated drop images, on a laptop CPU.
 
 Builds the `synthetic` dataset on first use (4000 train / 800 test drops at 176 px, no download,
-~20 s) and trains the MARCO variant shrunk by a depth multiplier at 151 px input, in about nine
-minutes on 2 cores. Its base is configs/table3.py (Table 3's network, TF-slim's 0.875 crop),
+~20 s) and trains the MARCO variant shrunk by a depth multiplier at 151 px input, in ten to
+twelve minutes on 2 cores. Its base is configs/table3.py (Table 3's network, TF-slim's 0.875 crop),
 with which the figures below were measured:
   python -m marco_jax.main --config configs/synthetic.py --workdir /tmp/marco_synthetic
-Measured on 2 cores (~93 ms a step of 32 images when the machine is idle, about nine minutes in
-all): EMA eval accuracy 43 % at step 500, 46 % at 1000 and 1500, 56 % at 2000, 69 % at 3000,
-76 % at 4000, 80 % at 4500 (chance 25 %; per class at 4500: crystals 60 %, precipitate 94 %,
-clear 92 %, other 74 %). The run is deterministic on CPU for one program, but not across changes
-of the compiled step: an earlier version of the train step reached 84 % on the same data.
+Measured on 2 cores (~120-130 ms a step of 32 images beside other work, 11 min 18 s of
+training in all): EMA eval accuracy 40 % at step 500, 47 % at 1000, 57 % at 1500, 71 % at 2000,
+77 % at 3000, 81 % at 4000, 83.9 % at 4500 (chance 25 %; per class at 4500: crystals 66 %,
+precipitate 92 %, clear 94 %, other 85 %). The run is deterministic on CPU for one program, but
+not across changes of the compiled step or the input pipeline: earlier versions reached 80 %.
 """
 
 import pathlib
