@@ -64,6 +64,19 @@ def invoke_command(
     return code, captured.err.strip().splitlines(), captured.out.strip().splitlines()
 
 
+def classify_main(*args) -> int:
+    """`classify.main` on fresh flags parsed from ARGS, in this process: its exit code (a
+    one-line refusal exits through SystemExit)."""
+    from marco_jax import classify
+
+    fv = flags.FlagValues()
+    classify.define_flags(fv)
+    try:
+        return classify.main(fv(["classify", *map(str, args)]), fv)
+    except SystemExit as e:
+        return e.code
+
+
 @contextlib.contextmanager
 def started(command: Sequence[str], **popen_kwargs) -> Iterator[subprocess.Popen]:
     """`subprocess.Popen(command)` in a session of its own, killed with all its children when

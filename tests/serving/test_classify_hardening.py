@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from absl import flags
-from helpers import REPO, started
+from helpers import REPO, classify_main, started
 from PIL import Image
 
 from marco_jax import classify, cli
@@ -61,13 +61,7 @@ def _use_fake_model(monkeypatch) -> list[int]:
 
 
 def _classify(*args) -> int:
-    fv = flags.FlagValues()
-    classify.define_flags(fv)
-    argv = fv(["classify", "--model=fake.onnx", *map(str, args)])
-    try:
-        return classify.main(argv, fv)
-    except SystemExit as e:
-        return e.code
+    return classify_main("--model=fake.onnx", *args)
 
 
 def _jpeg(path: Path, seed: int = 0) -> Path:
@@ -184,21 +178,12 @@ def test_immutable_output_folder_or_file_fails_at_start(monkeypatch, tmp_path, c
 
 def test_unwritable_saliency_folder_fails_at_start(tmp_path, capsys):
     photo = _jpeg(tmp_path / "a.jpg")
-    code = _classify_checkpoint(
+    code = classify_main(
         "--workdir=/no/such/workdir", "--saliency=/sys/heat", photo, f"--output={tmp_path}/s.csv"
     )
     assert code == cli.EXIT_USAGE
     assert _last_error(capsys).startswith("error: --saliency /sys/heat cannot be written: ")
     assert not list(tmp_path.glob("s.csv*"))  # the probe's partial file is removed
-
-
-def _classify_checkpoint(*args) -> int:
-    fv = flags.FlagValues()
-    classify.define_flags(fv)
-    try:
-        return classify.main(fv(["classify", *map(str, args)]), fv)
-    except SystemExit as e:
-        return e.code
 
 
 def test_disk_error_mid_run_keeps_the_finished_rows(monkeypatch, tmp_path, capsys):
@@ -345,7 +330,7 @@ def test_workdir_config_not_matching_its_checkpoint_is_refused(trained_workdir, 
     config["model"]["depth_multiplier"] = config["model"]["depth_multiplier"] * 2
     config_path.write_text(json.dumps(config))
     photo = _jpeg(tmp_path / "a.jpg")
-    code = _classify_checkpoint(f"--workdir={workdir}", photo, f"--output={tmp_path}/s.csv")
+    code = classify_main(f"--workdir={workdir}", photo, f"--output={tmp_path}/s.csv")
     assert code == cli.EXIT_USAGE
     depth = config["model"]["depth_multiplier"]
     assert f"model.depth_multiplier is {depth} there but was {depth / 2}" in _last_error(capsys)
@@ -357,7 +342,7 @@ def test_workdir_config_not_matching_its_checkpoint_is_refused(trained_workdir, 
             continue  # Orbax's own files beside the JSON
         if isinstance(saved, dict) and "trained_for" in saved:
             record.write_text(json.dumps({"leaves": saved["leaves"]}))
-    code = _classify_checkpoint(f"--workdir={workdir}", photo, f"--output={tmp_path}/s.csv")
+    code = classify_main(f"--workdir={workdir}", photo, f"--output={tmp_path}/s.csv")
     assert code == cli.EXIT_USAGE
     message = _last_error(capsys)
     found = re.fullmatch(
@@ -509,7 +494,7 @@ def test_image_size_changed_in_config_json_is_refused_naming_both_values(
     config["model"]["image_size"] = trained_size + 32
     config_path.write_text(json.dumps(config))
     photo = _jpeg(tmp_path / "a.jpg")
-    code = _classify_checkpoint(f"--workdir={workdir}", photo, f"--output={tmp_path}/s.csv")
+    code = classify_main(f"--workdir={workdir}", photo, f"--output={tmp_path}/s.csv")
     assert code == cli.EXIT_USAGE
     message = _last_error(capsys)
     assert "config.json does not match checkpoint" in message
@@ -530,7 +515,7 @@ def test_a_corrupted_checkpoint_is_refused_for_scoring(trained_workdir, tmp_path
         data[i] ^= 0xFF
     chunk.write_bytes(bytes(data))
     photo = _jpeg(tmp_path / "a.jpg")
-    code = _classify_checkpoint(
+    code = classify_main(
         f"--workdir={workdir}", "--checkpoint=latest", photo, f"--output={tmp_path}/s.csv"
     )
     assert code == cli.EXIT_USAGE

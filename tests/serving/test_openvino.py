@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import pytest
 from absl import flags
-from helpers import REPO, SHARED
+from helpers import REPO, SHARED, classify_main
 
-from marco_jax import classify, cli
+from marco_jax import cli
 from marco_jax import export as export_command
 from marco_jax.data import image_io, input_pipeline, preprocess
 from marco_jax.labels import CLASS_NAMES
@@ -77,15 +77,6 @@ def test_ir_and_onnx_on_openvino_score_as_the_jax_model(ci_model):
         assert difference > TOLERANCE
 
 
-def _classify(*args) -> int:
-    fv = flags.FlagValues()
-    classify.define_flags(fv)
-    try:
-        return classify.main(fv(["classify", *map(str, args)]), fv)
-    except SystemExit as e:
-        return e.code
-
-
 def _probabilities(csv_path) -> np.ndarray:
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -96,7 +87,7 @@ def _probabilities(csv_path) -> np.ndarray:
 def test_classify_scores_a_folder_with_the_ir(ci_model, tmp_path, capsys):
     out = tmp_path / "scores.csv"
     folder = SHARED / "real_drops"
-    assert _classify(f"--model={ci_model['ir']}", folder, f"--output={out}", "--threads=1") == 0
+    assert classify_main(f"--model={ci_model['ir']}", folder, f"--output={out}", "--threads=1") == 0
     np.testing.assert_array_less(
         np.abs(_probabilities(out) - ci_model["expected"]).max(), TOLERANCE
     )
@@ -110,7 +101,7 @@ def test_classify_scores_a_folder_with_the_ir(ci_model, tmp_path, capsys):
         "--threads must be >= 1": (f"--model={ci_model['ir']}", "--threads=0"),
     }
     for reason, args in cases.items():
-        assert _classify(*args, folder, f"--output={out}") == cli.EXIT_USAGE
+        assert classify_main(*args, folder, f"--output={out}") == cli.EXIT_USAGE
         assert reason in capsys.readouterr().err.strip().splitlines()[-1], reason
 
 
@@ -118,7 +109,7 @@ def test_a_damaged_ir_is_one_line_and_exit_2(tmp_path, capsys):
     model = tmp_path / "marco.xml"
     model.write_text("<net><layers>cut here")
     out = tmp_path / "s.csv"
-    assert _classify(f"--model={model}", DROPS[0], f"--output={out}") == cli.EXIT_USAGE
+    assert classify_main(f"--model={model}", DROPS[0], f"--output={out}") == cli.EXIT_USAGE
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith(f"error: {model} is not a readable OpenVINO model (OpenVINO: ")
     assert not out.exists()
